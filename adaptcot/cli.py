@@ -1,0 +1,97 @@
+"""The `adaptcot` command: one subcommand per stage; each parses flags and calls the stage's function.
+
+  adaptcot pool import SRC... --domain {math,code} --out DIR [--preset P] [--map FIELD=COLUMN ...]
+  adaptcot tiny-models --out DIR [--seed N]
+  adaptcot run --config configs/local.yaml [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from adaptcot.config import ConfigError
+from adaptcot.pool_presets import PRESETS, MappingError
+from adaptcot.pool_sources import SourceError
+
+
+def _parse_map(items: list[str]) -> dict[str, str]:
+    mapping = {}
+    for item in items:
+        if "=" not in item:
+            raise MappingError(f"--map {item!r}: expected FIELD=COLUMN")
+        field, column = item.split("=", 1)
+        mapping[field.strip()] = column.strip()
+    return mapping
+
+
+def cmd_pool_import(args: argparse.Namespace) -> int:
+    from adaptcot.pool_import import PoolImportConfig, import_pool
+
+    cfg = PoolImportConfig(sources=args.sources, domain=args.domain, out=args.out, preset=args.preset,
+                           mapping=_parse_map(args.map), max_question_chars=args.max_question_chars,
+                           hf_split=args.hf_split, hf_config=args.hf_config)
+    report = import_pool(cfg)
+    print("\n".join(report.lines()))
+    print(f"pool: {args.out}/pool  rejects: {args.out}/rejects")
+    return 0
+
+
+def cmd_tiny_models(args: argparse.Namespace) -> int:
+    from adaptcot.tiny_models import build_tiny_models
+
+    for name, path in build_tiny_models(args.out, seed=args.seed).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from adaptcot.config import load_config
+    from ray_jobs.pipeline import main as run_pipeline
+
+    run_pipeline(load_config(args.config, args.overrides))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adaptcot", description="Student-adapted CoT distillation on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    pool = sub.add_parser("pool", help="question pool commands").add_subparsers(dest="pool_command", required=True)
+    imp = pool.add_parser("import", help="import question sources into a de-duplicated Parquet pool")
+    imp.add_argument("sources", nargs="+", metavar="SRC",
+                     help="JSONL/JSON/Parquet/CSV file, dataset directory, or hf:NAME")
+    imp.add_argument("--domain", choices=["math", "code"], required=True)
+    imp.add_argument("--out", required=True, help="pool directory (created; an existing pool is added to)")
+    imp.add_argument("--preset", help=f"column preset: {', '.join(PRESETS)}")
+    imp.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
+                     help="map a pool field to a source column (question, answer, answer_format, solution, tests, "
+                          "tests_format, entry_point, starter_code, setup_code, id); overrides the preset")
+    imp.add_argument("--max-question-chars", type=int, default=32_000)
+    imp.add_argument("--hf-split", default="train")
+    imp.add_argument("--hf-config", default=None)
+    imp.set_defaults(func=cmd_pool_import)
+
+    tiny = sub.add_parser("tiny-models", help="build tiny student, teacher and PRM models locally")
+    tiny.add_argument("--out", required=True)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_tiny_models)
+
+    run = sub.add_parser("run", help="run the end-to-end job on Ray")
+    run.add_argument("--config", required=True)
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, MappingError, SourceError) as e:
+        print(f"adaptcot: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

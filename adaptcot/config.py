@@ -1,0 +1,120 @@
+"""Job configuration: one frozen pydantic model per stage, composed into `JobConfig`, loaded from YAML.
+
+`load_config(path, overrides)` validates everything before any work starts; a bad value fails with a `ConfigError`
+naming the file and the dotted field (`pool.imports.0.domain: ...`). Overrides are `dotted.key=value` strings whose
+values are parsed as YAML (`--set pool.max_question_chars=5000`). Each stage receives only its own part.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adaptcot.pool_presets import resolve_mapping
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RayConfig(Strict):
+    address: str | None = None      # None: start a local Ray cluster; "auto" or ray://... to join one
+    num_cpus: int | None = Field(default=None, gt=0)  # only for a local cluster
+
+
+class TinyModelsConfig(Strict):
+    enabled: bool = True
+    out: str = "models"             # relative paths are under run_dir
+    seed: int = 0
+
+
+class SyntheticPoolConfig(Strict):
+    """A generated raw question pool, for runs with no dataset at hand (the local default)."""
+
+    enabled: bool = False
+    math_questions: int = Field(default=200, ge=0)
+    code_questions: int = Field(default=50, ge=0)
+    seed: int = 0
+    out: str = "raw"
+
+
+class PoolSourceGroup(Strict):
+    sources: list[str] = Field(min_length=1)
+    domain: Literal["math", "code"]
+    preset: str | None = None
+    mapping: dict[str, str] = {}
+    hf_split: str = "train"
+    hf_config: str | None = None
+
+    @model_validator(mode="after")
+    def _usable_mapping(self):
+        resolve_mapping(self.preset, self.mapping)  # unknown preset or mapping field -> error naming it
+        return self
+
+
+class PoolConfig(Strict):
+    out: str = "pool"
+    max_question_chars: int = Field(default=32_000, gt=0)
+    imports: list[PoolSourceGroup] = []
+
+
+class JobConfig(Strict):
+    run_dir: str
+    ray: RayConfig = RayConfig()
+    tiny_models: TinyModelsConfig = TinyModelsConfig()
+    synthetic_pool: SyntheticPoolConfig = SyntheticPoolConfig()
+    pool: PoolConfig = PoolConfig()
+
+    def path(self, relative: str) -> Path:
+        """A config path: absolute, a URI, or relative to run_dir."""
+        p = Path(relative)
+        return p if p.is_absolute() or "://" in relative else Path(self.run_dir) / p
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+        value: Any = yaml.safe_load(raw) if raw != "" else None
+        if isinstance(node, list):
+            node[int(parts[-1])] = value
+        else:
+            node[parts[-1]] = value
+    return data
+
+
+def _explain(e: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid configuration"]
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, model: type[BaseModel] = JobConfig):
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, str(path))) from None

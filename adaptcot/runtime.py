@@ -1,0 +1,33 @@
+"""Process-wide knobs, set once and visibly by entrypoints: vLLM-on-CPU environment and Ray start-up."""
+
+from __future__ import annotations
+
+import os
+
+# vLLM's CPU build: a 1 GiB KV cache fits small machines; the defaults assume a server.
+CPU_ENV_DEFAULTS = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    # ray.train.report otherwise waits ~2 s per call on its health check.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+}
+
+
+def set_cpu_env_defaults() -> dict[str, str]:
+    """Set the defaults above where the user has not; returns the variables workers should inherit."""
+    for key, value in CPU_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    return {k: os.environ[k] for k in CPU_ENV_DEFAULTS}
+
+
+def init_ray(ray_cfg) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = set_cpu_env_defaults()
+    kwargs = {"address": ray_cfg.address, "runtime_env": {"env_vars": env}, "log_to_driver": True}
+    if ray_cfg.address is None:
+        kwargs.update(num_cpus=ray_cfg.num_cpus, include_dashboard=False)
+    ray.init(**kwargs)

@@ -1,0 +1,50 @@
+"""Configs are validated data: every shipped YAML loads, and a bad value fails naming the field."""
+
+from pathlib import Path
+
+import pytest
+
+from adaptcot.config import ConfigError, JobConfig, load_config
+from adaptcot.cli import main as cli
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def test_configs_are_shipped():
+    assert any(p.name == "local.yaml" for p in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, JobConfig)
+    # The header comment gives the command that runs it.
+    assert "adaptcot run --config configs/" + path.name in path.read_text().split("\n\n")[0]
+
+
+def test_overrides_reach_nested_fields():
+    cfg = load_config(CONFIGS[0].parent / "local.yaml", ["pool.max_question_chars=500", "ray.num_cpus=1",
+                                                        "synthetic_pool.enabled=false"])
+    assert (cfg.pool.max_question_chars, cfg.ray.num_cpus, cfg.synthetic_pool.enabled) == (500, 1, False)
+
+
+@pytest.mark.parametrize("override,field", [
+    ("pool.max_question_chars=-3", "pool.max_question_chars"),
+    ("tiny_models.sed=1", "tiny_models.sed"),
+    ("pool.imports=[{sources: [a.jsonl], domain: maths}]", "pool.imports.0.domain"),
+    ("pool.imports=[{sources: [a.jsonl], domain: math, preset: gsm9k}]", "pool.imports.0"),
+])
+def test_bad_values_fail_naming_the_field(override, field):
+    with pytest.raises(ConfigError) as e:
+        load_config(CONFIGS[0].parent / "local.yaml", [override])
+    assert field in str(e.value)
+
+
+def test_cli_run_reports_a_bad_config_before_any_work(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"run_dir: {tmp_path / 'run'}\npool:\n  imports:\n    - sources: [{tmp_path / 'missing.jsonl'}]\n"
+                   "      domain: math\n      preset: gsm8k\n")
+    assert cli(["run", "--config", str(bad)]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert cli(["run", "--config", str(tmp_path / "nope.yaml")]) == 2

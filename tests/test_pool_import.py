@@ -1,0 +1,249 @@
+"""`adaptcot pool import`: sources shaped like the real datasets, every kind of bad row, errors, de-duplication."""
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from adaptcot import schemas
+from adaptcot.cli import main as cli
+from adaptcot.pool_import import PoolImportConfig, import_pool, read_pool, read_rejects
+from adaptcot.pool_presets import MappingError
+from adaptcot.pool_sources import SourceError
+from adaptcot.text import question_id
+
+# --- rows shaped like the real sources (fields as published) ------------------------------------------------------
+MATH_ROW = {"problem": "If $x+2=5$, what is $x$?", "solution": "Subtract 2: $x=\\boxed{3}$.", "answer": "3",
+            "subject": "Algebra", "level": 1, "unique_id": "test/algebra/1.json"}
+NUMINA_ROW = {"source": "olympiads", "problem": "Compute $\\frac{1}{2}+\\frac{1}{4}$.",
+              "solution": "We get $\\frac{2}{4}+\\frac{1}{4}=\\boxed{\\frac{3}{4}}$.",
+              "messages": [{"role": "user", "content": "..."}]}
+GSM8K_ROW = {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
+                         "May. How many clips did Natalia sell altogether in April and May?",
+             "answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips "
+                       "altogether in April and May.\n#### 1,072"}
+APPS_ROW = {"problem_id": 7, "question": "Read n and n integers; print their sum.",
+            "solutions": json.dumps(["n=int(input());print(sum(map(int,input().split())))"]),
+            "input_output": json.dumps({"inputs": ["3\n1 2 3\n", "1\n5\n"], "outputs": ["6\n", "5\n"]}),
+            "difficulty": "introductory", "url": "https://example.org/7", "starter_code": ""}
+TACO_CALL_ROW = {"question": "Count the ways to make change.", "starter_code": "def count_change(money, coins):\n\t",
+                 "input_output": json.dumps({"fn_name": "count_change", "inputs": [[4, [1, 2]], [10, [5, 2, 3]]],
+                                             "outputs": [[3], [4]]})}
+HUMANEVAL_ROW = {"task_id": "HumanEval/0",
+                 "prompt": "def add(a: int, b: int) -> int:\n    \"\"\"Return a + b.\"\"\"\n",
+                 "canonical_solution": "    return a + b\n",
+                 "test": "\n\nMETADATA = {}\n\n\ndef check(candidate):\n    assert candidate(1, 2) == 3\n",
+                 "entry_point": "add"}
+MBPP_ROW = {"task_id": 2, "text": "Write a function to find the shared elements from the given two lists.",
+            "code": "def similar_elements(a, b):\n  return tuple(set(a) & set(b))",
+            "test_list": ["assert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))",
+                          "assert set(similar_elements((1, 2, 3, 4),(5, 4, 3, 7))) == set((3, 4))"],
+            "test_setup_code": "", "challenge_test_list": []}
+
+
+def write_jsonl(path: Path, rows: list) -> str:
+    with open(path, "wb") as f:
+        for row in rows:
+            f.write(row if isinstance(row, bytes) else (json.dumps(row) + "\n").encode())
+    return str(path)
+
+
+def run_import(tmp_path, rows, domain, preset=None, mapping=None, name="src.jsonl", **kw):
+    src = write_jsonl(tmp_path / name, rows)
+    out = tmp_path / "pool"
+    report = import_pool(PoolImportConfig(sources=[src], domain=domain, out=str(out), preset=preset,
+                                          mapping=mapping or {}, **kw))
+    return report, read_pool(out).to_pylist(), read_rejects(out).to_pylist()
+
+
+@pytest.mark.parametrize("preset,row,answer", [
+    ("math", MATH_ROW, "3"),
+    ("numina", NUMINA_ROW, "\\frac{3}{4}"),
+    ("gsm8k", GSM8K_ROW, "1072"),
+])
+def test_math_presets_read_reference_answers(tmp_path, preset, row, answer):
+    report, pool, rejects = run_import(tmp_path, [row], "math", preset)
+    assert (report.imported, rejects) == (1, [])
+    assert pool[0]["reference_answer"] == answer
+    assert pool[0]["tests"] is None and pool[0]["domain"] == "math"
+
+
+def test_gsm8k_keeps_the_worked_solution_without_the_answer_line(tmp_path):
+    _, pool, _ = run_import(tmp_path, [GSM8K_ROW], "math", "gsm8k")
+    assert pool[0]["reference_solution"].endswith("altogether in April and May.")
+
+
+def test_apps_stdin_stdout_tests(tmp_path):
+    _, pool, rejects = run_import(tmp_path, [APPS_ROW], "code", "apps")
+    assert rejects == []
+    tests = pool[0]["tests"]
+    assert tests["kind"] == "stdin_stdout"
+    assert tests["cases"] == [{"input": "3\n1 2 3\n", "output": "6\n"}, {"input": "1\n5\n", "output": "5\n"}]
+    assert pool[0]["starter_code"] is None  # empty starter code is no starter code
+
+
+def test_taco_call_based_tests_unwrap_expected_values(tmp_path):
+    _, pool, _ = run_import(tmp_path, [TACO_CALL_ROW], "code", "apps")
+    tests = pool[0]["tests"]
+    assert (tests["kind"], tests["fn_name"]) == ("call", "count_change")
+    assert [json.loads(c["input"]) for c in tests["cases"]] == [[4, [1, 2]], [10, [5, 2, 3]]]
+    assert [json.loads(c["output"]) for c in tests["cases"]] == [3, 4]
+    assert pool[0]["starter_code"].startswith("def count_change")
+
+
+def test_humaneval_assert_tests_call_check_on_the_entry_point(tmp_path):
+    _, pool, _ = run_import(tmp_path, [HUMANEVAL_ROW], "code", "humaneval")
+    tests = pool[0]["tests"]
+    assert (tests["kind"], tests["entry_point"]) == ("assert", "add")
+    namespace: dict = {}
+    exec(HUMANEVAL_ROW["prompt"] + HUMANEVAL_ROW["canonical_solution"] + tests["test_code"], namespace)
+    with pytest.raises(AssertionError):  # the test code really runs check(add)
+        exec("def add(a, b):\n    return a - b\n" + tests["test_code"], {})
+
+
+def test_mbpp_assert_list_finds_the_function_under_test(tmp_path):
+    _, pool, _ = run_import(tmp_path, [MBPP_ROW], "code", "mbpp")
+    tests = pool[0]["tests"]
+    assert (tests["kind"], tests["entry_point"]) == ("assert", "similar_elements")
+    exec(MBPP_ROW["code"] + "\n" + tests["test_code"], {})
+
+
+def test_custom_mapping_from_the_command_line(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "custom.jsonl", [{"q": "What is 6*7?", "final": "42", "note": "x"}])
+    rc = cli(["pool", "import", src, "--domain", "math", "--out", str(tmp_path / "p"),
+              "--map", "question=q", "--map", "answer=final"])
+    assert rc == 0
+    assert "imported 1" in capsys.readouterr().out
+    assert read_pool(tmp_path / "p").to_pylist()[0]["reference_answer"] == "42"
+
+
+def test_every_kind_of_bad_row_is_rejected_with_its_reason_and_counted(tmp_path, capsys):
+    rows = [
+        GSM8K_ROW,
+        {"question": "   ", "answer": "#### 1"},                          # no text
+        {"question": "What is 1+1?", "answer": "two, no marker"},        # no reference answer
+        {"question": "What is 2+2?"},                                    # answer column absent in this row
+        b'{"question": "caf\xe9 prices?", "answer": "#### 3"}\n',        # invalid UTF-8 (latin-1 byte)
+        b'{"question": "broken json", "answer": \n',                    # not a record
+        b'["a", "list"]\n',                                              # not an object
+        {"question": "x" * 201, "answer": "#### 1"},                     # over-long
+        {"question": "lone \udc80 surrogate", "answer": "#### 2"},       # escaped invalid code point
+    ]
+    src = write_jsonl(tmp_path / "bad.jsonl", rows)
+    out = tmp_path / "pool"
+    rc = cli(["pool", "import", src, "--domain", "math", "--out", str(out), "--preset", "gsm8k",
+              "--max-question-chars", "200"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    rejects = read_rejects(out).to_pylist()
+    reasons = sorted(r["reason"] for r in rejects)
+    assert reasons == sorted(["missing_question", "missing_answer", "missing_answer", "invalid_utf8",
+                              "malformed_row", "malformed_row", "too_long", "invalid_utf8"])
+    assert read_pool(out).num_rows == 1
+    assert "rejected 8" in printed and "invalid_utf8" in printed
+    for line in ("2  invalid_utf8", "2  malformed_row", "2  missing_answer", "1  missing_question", "1  too_long"):
+        assert line in printed
+    by_row = {r["source_row"]: r for r in rejects}
+    assert "caf\\xe9" in by_row[4]["raw"]  # the bad bytes are kept, escaped, for the user to inspect
+    assert set(schemas.REJECT_REASONS) >= set(reasons)
+
+
+def test_code_rows_without_parseable_tests_are_rejected(tmp_path):
+    rows = [APPS_ROW,
+            {**APPS_ROW, "question": "q2", "input_output": "{not json"},
+            {**APPS_ROW, "question": "q3", "input_output": json.dumps({"inputs": ["1"], "outputs": []})},
+            {**APPS_ROW, "question": "q4", "input_output": ""}]
+    report, pool, rejects = run_import(tmp_path, rows, "code", "apps")
+    assert len(pool) == 1
+    assert [r["reason"] for r in rejects] == ["bad_tests"] * 3
+    assert report.rejected == {"bad_tests": 3}
+
+
+def test_duplicates_by_normalised_text_keep_the_first_and_ids_are_stable(tmp_path):
+    rows = [GSM8K_ROW, {**GSM8K_ROW, "question": "  " + GSM8K_ROW["question"].upper().replace(" ", "  ") + "\r\n"},
+            {"question": "Another question?", "answer": "#### 5"}]
+    report, pool, _ = run_import(tmp_path, rows, "math", "gsm8k")
+    assert (report.imported, report.duplicates) == (2, 1)
+    first = next(r for r in pool if r["source_row"] == 0)
+    assert first["question_id"] == question_id(GSM8K_ROW["question"], "math")
+    assert question_id("What is 2+2?", "math") == "25a7cafd6ed528e2e18d521349167c0f"  # golden: ids never drift
+    assert question_id("What is 2+2?", "code") != question_id("What is 2+2?", "math")
+
+
+def test_reimport_adds_nothing_twice_and_new_rows_are_added(tmp_path):
+    first = [GSM8K_ROW, {"question": "bad", "answer": "no"}]
+    run_import(tmp_path, first, "math", "gsm8k")
+    report, pool, rejects = run_import(tmp_path, first + [{"question": "New one?", "answer": "#### 9"}],
+                                       "math", "gsm8k")
+    assert (report.imported, report.already_in_pool) == (1, 1)
+    assert len(pool) == 2 and len({r["question_id"] for r in pool}) == 2
+    assert len(rejects) == 1  # the same bad row is not stored again
+    manifest = json.loads((tmp_path / "pool" / "manifest.json").read_text())
+    assert [i["imported"] for i in manifest["imports"]] == [1, 1]
+
+
+def test_parquet_and_csv_sources(tmp_path):
+    pq.write_table(pa.Table.from_pylist([MATH_ROW]), tmp_path / "m.parquet")
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["problem", "answer"])
+        w.writeheader()
+        w.writerow({"problem": "What is 3+4?", "answer": "7"})
+    with open(tmp_path / "m.csv", "ab") as f:
+        f.write(b'"Bad \xff text",1\n"too","many","fields"\n')
+    out = tmp_path / "pool"
+    report = import_pool(PoolImportConfig(sources=[str(tmp_path / "m.parquet"), str(tmp_path / "m.csv")],
+                                          domain="math", out=str(out), preset="math"))
+    assert report.imported == 2
+    assert report.rejected == {"invalid_utf8": 1, "malformed_row": 1}
+    assert {r["source"] for r in read_pool(out).to_pylist()} == {str(tmp_path / "m.parquet"), str(tmp_path / "m.csv")}
+
+
+def test_parquet_with_invalid_utf8_rejects_only_that_row(tmp_path):
+    questions = pa.array([b"Good question?", b"bad \xff one"], pa.binary()).cast(pa.string(), safe=False)
+    table = pa.table({"problem": questions, "answer": ["1", "2"]})
+    pq.write_table(table, tmp_path / "u.parquet")
+    out = tmp_path / "pool"
+    report = import_pool(PoolImportConfig(sources=[str(tmp_path / "u.parquet")], domain="math", out=str(out),
+                                          preset="math"))
+    assert (report.imported, dict(report.rejected)) == (1, {"invalid_utf8": 1})
+
+
+def test_hugging_face_dataset_directories(tmp_path):
+    import datasets
+
+    datasets.DatasetDict({"test": datasets.Dataset.from_list([HUMANEVAL_ROW])}).save_to_disk(tmp_path / "saved")
+    (tmp_path / "files").mkdir()
+    write_jsonl(tmp_path / "files" / "train.jsonl", [GSM8K_ROW])
+    out = tmp_path / "pool"
+    code = import_pool(PoolImportConfig(sources=[str(tmp_path / "saved")], domain="code", out=str(out),
+                                        preset="humaneval", hf_split="test"))
+    math = import_pool(PoolImportConfig(sources=[str(tmp_path / "files")], domain="math", out=str(out),
+                                        preset="gsm8k"))
+    assert (code.imported, math.imported) == (1, 1)
+    assert sorted(read_pool(out)["domain"].to_pylist()) == ["code", "math"]
+
+
+def test_errors_name_the_missing_file_the_unknown_preset_and_the_bad_column(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "ok.jsonl", [GSM8K_ROW])
+    out = str(tmp_path / "pool")
+    with pytest.raises(SourceError, match="nope.jsonl"):
+        import_pool(PoolImportConfig(sources=[str(tmp_path / "nope.jsonl")], domain="math", out=out, preset="gsm8k"))
+    with pytest.raises(MappingError, match="'gsm9k'"):
+        import_pool(PoolImportConfig(sources=[src], domain="math", out=out, preset="gsm9k"))
+    with pytest.raises(MappingError, match="'problem'"):
+        import_pool(PoolImportConfig(sources=[src], domain="math", out=out, preset="math"))
+    with pytest.raises(MappingError, match="answr"):
+        import_pool(PoolImportConfig(sources=[src], domain="math", out=out, mapping={"question": "question",
+                                                                                      "answr": "answer"}))
+    assert not Path(out).exists()  # nothing written before the error
+    assert cli(["pool", "import", src, "--domain", "math", "--out", out, "--preset", "nope"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_pool_files_carry_the_schema_and_its_version(tmp_path):
+    run_import(tmp_path, [GSM8K_ROW], "math", "gsm8k")
+    path = next((tmp_path / "pool" / "pool").glob("*.parquet"))
+    assert schemas.schema_of(pq.read_schema(path)) == ("pool", schemas.SCHEMA_VERSION)
