@@ -2,12 +2,16 @@
 
   adaptcot pool import SRC... --domain {math,code} --out DIR [--preset P] [--map FIELD=COLUMN ...]
   adaptcot tiny-models --out DIR [--seed N]
+  adaptcot grade --config configs/local.yaml [--pool DIR] [--student MODEL] [--prm MODEL] [--bank DIR] [--samples N]
+  adaptcot bank summary BANK [--json]
+  adaptcot bank compare BANK STUDENT_A STUDENT_B [--json]
   adaptcot run --config configs/local.yaml [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from adaptcot.config import ConfigError
@@ -45,6 +49,36 @@ def cmd_tiny_models(args: argparse.Namespace) -> int:
     return 0
 
 
+_GRADE_FLAGS = {"pool": "grade.pool", "student": "grade.student.model", "student_name": "grade.student.name",
+                "prm": "grade.prm.model", "bank": "grade.bank", "samples": "grade.student.sampling.n"}
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from adaptcot import grading, runtime
+    from adaptcot.config import load_config, resolve_grade
+
+    flags = [f"{key}={getattr(args, name)}" for name, key in _GRADE_FLAGS.items() if getattr(args, name) is not None]
+    job = load_config(args.config, [*flags, *args.overrides])
+    cfg = resolve_grade(job)
+    grading.preflight(cfg)  # before Ray starts
+    runtime.init_ray(job.ray)
+    report = grading.grade(cfg)
+    print("\n".join(report.lines()))
+    return 0
+
+
+def cmd_bank(args: argparse.Namespace) -> int:
+    from adaptcot import bank
+
+    if args.bank_command == "summary":
+        rows = bank.summary(args.bank)
+        print(json.dumps(rows, indent=2) if args.json else bank.format_summary(rows))
+    else:
+        result = bank.compare(args.bank, args.a, args.b)
+        print(json.dumps(result, indent=2) if args.json else bank.format_compare(result))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from adaptcot.config import load_config
     from ray_jobs.pipeline import main as run_pipeline
@@ -77,6 +111,30 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_tiny_models)
 
+    grade = sub.add_parser("grade", help="grade a pool for a student into the question bank")
+    grade.add_argument("--config", required=True, help="a job config with a `grade` section")
+    grade.add_argument("--pool")
+    grade.add_argument("--student", help="student model: local directory or hub id")
+    grade.add_argument("--student-name", help="the student's name in the bank")
+    grade.add_argument("--prm", help="process reward model: local directory or hub id")
+    grade.add_argument("--bank")
+    grade.add_argument("--samples", type=int, help="samples per question (n)")
+    grade.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    grade.set_defaults(func=cmd_grade)
+
+    bank_cmd = sub.add_parser("bank", help="question bank commands").add_subparsers(dest="bank_command",
+                                                                                   required=True)
+    summary = bank_cmd.add_parser("summary", help="level histogram per student")
+    summary.add_argument("bank")
+    summary.add_argument("--json", action="store_true")
+    summary.set_defaults(func=cmd_bank)
+    compare = bank_cmd.add_parser("compare", help="how one student's levels map to another's")
+    compare.add_argument("bank")
+    compare.add_argument("a", help="student name (or NAME@GRADER_ID)")
+    compare.add_argument("b")
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(func=cmd_bank)
+
     run = sub.add_parser("run", help="run the end-to-end job on Ray")
     run.add_argument("--config", required=True)
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -88,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, MappingError, SourceError) as e:
+    except (ConfigError, MappingError, SourceError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"adaptcot: error: {e}", file=sys.stderr)
         return 2
 

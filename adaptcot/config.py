@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from adaptcot.grading import GradeConfig
 from adaptcot.pool_presets import resolve_mapping
 
 
@@ -67,6 +68,7 @@ class JobConfig(Strict):
     tiny_models: TinyModelsConfig = TinyModelsConfig()
     synthetic_pool: SyntheticPoolConfig = SyntheticPoolConfig()
     pool: PoolConfig = PoolConfig()
+    grade: GradeConfig | None = None
 
     def path(self, relative: str) -> Path:
         """A config path: absolute, a URI, or relative to run_dir."""
@@ -76,6 +78,23 @@ class JobConfig(Strict):
 
 class ConfigError(ValueError):
     pass
+
+
+def resolve_grade(cfg: JobConfig) -> GradeConfig:
+    """The job's grade section with `{run_dir}` filled in and pool/bank defaulting to the job's own."""
+    grade = cfg.grade
+    if grade is None:
+        raise ConfigError("the config has no `grade` section")
+
+    def fill(value: str) -> str:
+        return value.replace("{run_dir}", cfg.run_dir)
+
+    updates = {"pool": fill(grade.pool) if grade.pool else str(cfg.path(cfg.pool.out)),
+               "bank": fill(grade.bank) if grade.bank else str(cfg.path("bank")),
+               "student": grade.student.model_copy(update={"model": fill(grade.student.model)})}
+    if grade.prm is not None:
+        updates["prm"] = grade.prm.model_copy(update={"model": fill(grade.prm.model)})
+    return grade.model_copy(update=updates)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

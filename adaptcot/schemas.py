@@ -90,6 +90,7 @@ REJECTS = _tagged("rejects", [
 # --- Student attempts, PRM step scores, the question bank -------------------------------------------------------
 ATTEMPTS = _tagged("attempts", [
     pa.field("question_id", pa.string(), nullable=False),
+    pa.field("domain", pa.string(), nullable=False),
     pa.field("student", pa.string(), nullable=False),
     pa.field("sample_index", pa.int32(), nullable=False),
     pa.field("response", pa.string()),
@@ -97,6 +98,7 @@ ATTEMPTS = _tagged("attempts", [
     pa.field("finish_reason", pa.string()),
     pa.field("verdict", pa.string()),        # passed / wrong_answer / ... / error
     pa.field("correct", pa.bool_()),         # null when the verdict could not be decided
+    pa.field("verify_detail", pa.string()),
     pa.field("error", pa.string()),
 ])
 
@@ -106,7 +108,8 @@ STEP_SCORES = _tagged("step_scores", [
     pa.field("sample_index", pa.int32(), nullable=False),
     pa.field("prm", pa.string(), nullable=False),
     pa.field("step_scores", pa.list_(pa.float32())),
-    pa.field("score", pa.float32()),         # the step scores aggregated by the grader's rule
+    pa.field("prm_score", pa.float32()),     # the step scores aggregated by the grader's rule
+    pa.field("prm_error", pa.string()),      # why a wrong answer has no score (e.g. too long for the PRM)
 ])
 
 BANK = _tagged("bank", [

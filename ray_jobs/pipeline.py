@@ -1,4 +1,4 @@
-"""The whole adaptcot job on Ray: tiny models (local default), raw pool, pool import; later stages follow.
+"""The whole adaptcot job on Ray: tiny models (local default), raw pool, pool import, grading; later stages follow.
 
 Run:  python ray_jobs/pipeline.py --config configs/local.yaml [--set key=value ...]
   or: adaptcot run --config configs/local.yaml
@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from adaptcot import runtime
-from adaptcot.config import JobConfig, load_config
+from adaptcot import grading
+from adaptcot.config import JobConfig, load_config, resolve_grade
 from adaptcot.pool_import import ImportReport, PoolImportConfig, import_pool_remote
 from adaptcot.pool_sources import open_source
 from adaptcot.synthetic import code_rows, math_rows, write_jsonl
@@ -80,6 +81,12 @@ def main(cfg: JobConfig) -> dict:
         print(f"[pool import] {imp.domain} {', '.join(imp.sources)}")
         print("\n".join("  " + line for line in report.lines()))
     summary["stages"]["pool_import"] = [r.as_dict() for r in reports]
+    if cfg.grade is not None:
+        grade_cfg = resolve_grade(cfg)
+        grading.preflight(grade_cfg)  # after the stages that build the models and the pool it checks
+        report = grading.grade(grade_cfg)
+        print("[grade]\n" + "\n".join("  " + line for line in report.lines()))
+        summary["stages"]["grade"] = grading.report_dict(report)
     summary["seconds"] = round(time.time() - started, 1)
     (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
     print(f"[done] {summary['seconds']} s; summary in {run_dir / 'run_summary.json'}")
