@@ -162,7 +162,7 @@ def _count_todo(pool_dir: str, n: int, done: pa.Array) -> tuple[int, int, int]:
         math = table.filter(pc.equal(table["domain"], "math"))
         n_math += math.num_rows
         n_code += table.num_rows - math.num_rows
-        todo += select_todo(math.append_column("question", pa.nulls(math.num_rows, pa.string())), n, done).num_rows
+        todo += select_todo(math, n, done).num_rows
     return n_math, n_code, todo
 
 

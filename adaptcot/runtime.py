@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-# vLLM's CPU build: a 1 GiB KV cache fits small machines; the defaults assume a server.
+# For a local cluster on a CPU machine (the laptop default). A cluster's own settings come from its runtime env.
 CPU_ENV_DEFAULTS = {
+    # vLLM's CPU build: a 1 GiB KV cache fits small machines; its default assumes a server.
     "VLLM_CPU_KVCACHE_SPACE": "1",
     # In-process engine core: ~2 s to load a small model on the CPU instead of ~20 s.
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
@@ -38,8 +39,8 @@ def init_ray(ray_cfg) -> None:
     configure_ray_data()
     if ray.is_initialized():
         return
+    if ray_cfg.address is not None:  # joining a cluster: its nodes bring their own environment
+        ray.init(address=ray_cfg.address)
+        return
     env = set_cpu_env_defaults()
-    kwargs = {"address": ray_cfg.address, "runtime_env": {"env_vars": env}, "log_to_driver": True}
-    if ray_cfg.address is None:
-        kwargs.update(num_cpus=ray_cfg.num_cpus, include_dashboard=False)
-    ray.init(**kwargs)
+    ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=False, runtime_env={"env_vars": env})

@@ -18,8 +18,12 @@ def ray_session():
     """One local Ray cluster for the whole session (start-up costs ~3 s)."""
     import ray
 
+    from adaptcot.runtime import configure_ray_data
+
+    configure_ray_data()
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+        env = {k: os.environ[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING",
+                                          "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")}
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     yield ray
     ray.shutdown()

@@ -48,3 +48,13 @@ def test_cli_run_reports_a_bad_config_before_any_work(tmp_path, capsys):
     assert "missing.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
     assert cli(["run", "--config", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_cli_grade_flags_reach_the_config_and_bad_models_fail_before_ray(tmp_path, capsys):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    rc = cli(["grade", "--config", str(CONFIGS[0].parent / "local.yaml"), "--pool", str(pool),
+              "--student", str(tmp_path / "no-such-student"), "--set", f"run_dir={tmp_path / 'run'}"])
+    assert rc == 2
+    assert "student model not found" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

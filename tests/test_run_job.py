@@ -20,7 +20,7 @@ def run_job(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_local_job_builds_models_and_imports_the_pool_and_reruns_add_nothing(tmp_path):
+def test_local_job_builds_models_imports_and_grades_and_reruns_add_nothing(tmp_path):
     run_dir = tmp_path / "run"
     first = run_job(run_dir)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -32,8 +32,13 @@ def test_local_job_builds_models_and_imports_the_pool_and_reruns_add_nothing(tmp
     assert pool.num_rows == len(set(pool["question_id"].to_pylist())) == 38
     summary = json.loads((run_dir / "run_summary.json").read_text())
     assert [s["imported"] for s in summary["stages"]["pool_import"]] == [30, 8]
+    grade = summary["stages"]["grade"]
+    assert (grade["math_questions"], grade["code_refused"], grade["newly_graded"]) == (30, 8, 30)
+    assert sum(grade["levels"].values()) == 30
+    assert "code questions refused" in first.stdout
 
     again = run_job(run_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already in pool 30" in again.stdout
+    assert json.loads((run_dir / "run_summary.json").read_text())["stages"]["grade"]["generated"] == 0
     assert read_pool(run_dir / "pool").num_rows == 38

@@ -169,10 +169,10 @@ def test_verify_table_adds_verdict_columns_row_for_row(verifier):
 
 def test_verify_table_fills_the_attempts_tables_own_columns(verifier):
     # The attempts table already has (empty) verdict / correct columns: they are filled, not duplicated.
-    attempt = {"question_id": "q0", "student": "s", "sample_index": 0, "response": "\\boxed{4}"}
+    attempt = {"question_id": "q0", "domain": "math", "student": "s", "sample_index": 0, "response": "\\boxed{4}"}
     table = pa.Table.from_pylist([attempt], schema=schemas.ATTEMPTS).append_column("reference_answer", pa.array(["4"]))
     out = verify_table(table, verifier)
-    assert out.column_names == schemas.ATTEMPTS.names + ["reference_answer", "verify_detail"]
+    assert out.column_names == schemas.ATTEMPTS.names + ["reference_answer"]
     assert (out.column("verdict")[0].as_py(), out.column("correct")[0].as_py()) == ("passed", True)
 
 

@@ -1,0 +1,123 @@
+"""Grading end to end on Ray with real vLLM and the tiny models: bank contents, reruns, kills, two students."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from adaptcot import bank, grading
+from adaptcot.answering import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig
+from adaptcot.grading import GradeConfig, VerifyConfig
+from adaptcot.levels import GraderConfig
+from adaptcot.pool_import import PoolImportConfig, import_pool, read_pool
+from adaptcot.prm_scoring import PRMConfig
+from adaptcot.synthetic import math_rows, write_jsonl
+from adaptcot.tiny_models import build_tiny_models
+
+pytestmark = pytest.mark.slow
+SMALL = ResourcesConfig(cpus_per_engine=0.5, cpus_per_light_stage=0.1, batch_size=8)
+ENGINE = EngineConfig(max_model_len=512, dtype="float32", enforce_eager=True)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grading")
+    models = build_tiny_models(root / "models")
+    rows = list(math_rows(10, seed=3))
+    rows.append({"question": "Count the words. " + "word " * 700, "answer": "#### 700"})  # longer than the context
+    write_jsonl(iter(rows), root / "math.jsonl")
+    write_jsonl(iter([{"question": "Print hello.", "input_output": json.dumps({"inputs": [""],
+                                                                            "outputs": ["hello\n"]})}]),
+                root / "code.jsonl")
+    pool = root / "pool"
+    import_pool(PoolImportConfig(sources=[str(root / "math.jsonl")], domain="math", out=str(pool), preset="gsm8k"))
+    import_pool(PoolImportConfig(sources=[str(root / "code.jsonl")], domain="code", out=str(pool), preset="apps"))
+    return {"root": root, "models": models, "pool": str(pool), "bank": str(root / "bank")}
+
+
+def prm_config(world, **kw) -> GradeConfig:
+    student = StudentConfig(model=str(world["models"]["student"]), name="tiny-student", engine=ENGINE,
+                            resources=SMALL, sampling=SamplingConfig(n=2, temperature=1.0, max_tokens=48))
+    prm = PRMConfig(model=str(world["models"]["prm"]), dtype="float32", enforce_eager=True, max_model_len=2048,
+                    num_cpus=0.5)
+    return GradeConfig(pool=world["pool"], bank=world["bank"], student=student, prm=prm,
+                       verify=VerifyConfig(num_cpus=0.1), **kw)
+
+
+def bank_ids(world, cfg):
+    return bank.read_partition(world["bank"], "bank", cfg.student.display_name, cfg.grader_id())["question_id"]
+
+
+def test_grading_fills_the_bank_once_and_reruns_generate_nothing(world, ray_session):
+    cfg = prm_config(world)
+    first = grading.grade(cfg)
+    math_ids = set(read_pool(world["pool"]).filter(pa.compute.equal(read_pool(world["pool"])["domain"], "math"))
+                   ["question_id"].to_pylist())
+    assert (first.math_questions, first.code_refused, first.samples_todo, first.generated) == (11, 1, 22, 22)
+    # The over-long prompt is an error row, not a crash, and not a level.
+    assert (first.generation_errors, first.ungradable, first.newly_graded) == (2, 1, 10)
+    ids = bank_ids(world, cfg).to_pylist()
+    assert len(ids) == len(set(ids)) == 10 and set(ids) < math_ids
+    attempts = bank.read_partition(world["bank"], "attempts", "tiny-student", cfg.grader_id())
+    errors = attempts.filter(pa.compute.equal(attempts["verdict"], "error"))
+    assert "maximum context length" in errors["error"][0].as_py()
+    rows = bank.read_partition(world["bank"], "bank", "tiny-student", cfg.grader_id()).to_pylist()
+    assert all(r["level"] != "easy" or r["prm_score"] is None for r in rows)
+    assert {r["num_samples"] for r in rows} == {2}
+    scores = bank.read_partition(world["bank"], "step_scores", "tiny-student", cfg.grader_id())
+    assert scores.num_rows > 0 and all(0.0 <= s <= 1.0 for s in scores["prm_score"].to_pylist() if s is not None)
+
+    again = grading.grade(cfg)
+    assert (again.samples_todo, again.generated, again.newly_graded) == (0, 0, 0)
+    assert bank_ids(world, cfg).to_pylist() == ids
+
+
+def test_a_killed_run_resumes_with_only_the_missing_samples(world, ray_session):
+    cfg = prm_config(world)
+    if not bank_ids(world, cfg).to_pylist():
+        grading.grade(cfg)
+    attempts_dir = bank.partition_dir(world["bank"], "attempts", "tiny-student", cfg.grader_id())
+    bank_dir = bank.partition_dir(world["bank"], "bank", "tiny-student", cfg.grader_id())
+    # A run killed after some attempts were written but before the bank rows: drop one attempts part and the bank.
+    part = sorted(attempts_dir.glob("part-*.parquet"))[0]
+    lost = pq.read_table(part).num_rows
+    part.unlink()
+    for p in bank_dir.glob("part-*.parquet"):
+        p.unlink()
+    resumed = grading.grade(cfg)
+    assert resumed.samples_todo == resumed.generated == lost
+    ids = bank_ids(world, cfg).to_pylist()
+    assert len(ids) == len(set(ids)) == 10
+    keys = bank.read_partition(world["bank"], "attempts", "tiny-student", cfg.grader_id(),
+                               ["question_id", "sample_index"])
+    pairs = list(zip(keys["question_id"].to_pylist(), keys["sample_index"].to_pylist()))
+    assert len(pairs) == len(set(pairs)) == 22
+
+
+def test_a_second_student_shares_the_bank_graded_by_pass_rate(world, ray_session):
+    first = prm_config(world)
+    if not bank_ids(world, first).to_pylist():
+        grading.grade(first)
+    teacher = StudentConfig(model=str(world["models"]["teacher"]), name="tiny-teacher", engine=ENGINE,
+                            resources=SMALL, sampling=SamplingConfig(n=2, temperature=1.0, max_tokens=32))
+    second = GradeConfig(pool=world["pool"], bank=world["bank"], student=teacher, verify=VerifyConfig(num_cpus=0.1),
+                         grader=GraderConfig(mode="pass_rate", easy_min_pass_rate=0.5,
+                                             thresholds=(0.4, 0.3, 0.2, 0.1)))
+    report = grading.grade(second)
+    assert report.newly_graded == 10
+    summary = {(r["student"], r["grader_id"]): r for r in bank.summary(world["bank"])}
+    assert set(summary) == {("tiny-student", first.grader_id()), ("tiny-teacher", second.grader_id())}
+    # Random tiny models answer nothing right: by pass rate every question is the hardest.
+    assert summary[("tiny-teacher", second.grader_id())]["levels"]["wrong_hardest"] == 10
+    assert bank.compare(world["bank"], "tiny-student", "tiny-teacher")["shared_questions"] == 10
+
+
+def test_bad_models_fail_before_ray_starts(world):
+    cfg = prm_config(world)
+    with pytest.raises(FileNotFoundError, match="student model not found"):
+        grading.preflight(cfg.model_copy(update={"student": cfg.student.model_copy(update={"model": "/no/model"})}))
+    with pytest.raises(ValueError, match="step token '<step>' is not a single token"):
+        grading.preflight(cfg.model_copy(update={"prm": cfg.prm.model_copy(update={"step_token": "<step>"})}))
+    with pytest.raises(ValueError, match="no prm model"):
+        GradeConfig(pool=world["pool"], bank=world["bank"], student=cfg.student)

@@ -1,0 +1,156 @@
+"""Levels, PRM step rules and the bank's storage rules, without Ray or models (the pure parts of grading)."""
+
+import json
+
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+
+from adaptcot import bank, schemas
+from adaptcot.cli import main as cli
+from adaptcot.grading import finalize_bank, select_todo
+from adaptcot.levels import GraderConfig, level_for
+from adaptcot.prm_scoring import aggregate, prm_conversation, split_steps
+from adaptcot.schemas import Level
+
+PRM = GraderConfig()  # thresholds 0.8, 0.6, 0.4, 0.2; easy from pass rate 0.5
+
+
+@pytest.mark.parametrize("pass_rate,score,level", [
+    (1.0, None, Level.EASY),
+    (0.5, 0.01, Level.EASY),           # exactly easy_min_pass_rate counts as easy
+    (0.49, 0.95, Level.WRONG_NEAR),
+    (0.0, 0.8, Level.WRONG_NEAR),       # a score on a cut point goes to the easier side
+    (0.0, 0.7999, Level.WRONG_MILD),
+    (0.0, 0.6, Level.WRONG_MILD),
+    (0.0, 0.4, Level.WRONG_MID),
+    (0.0, 0.2, Level.WRONG_HARD),
+    (0.0, 0.1999, Level.WRONG_HARDEST),
+    (0.0, 0.0, Level.WRONG_HARDEST),
+    (0.0, None, None),                  # wrong but unscored: not graded, never guessed
+    (None, 0.5, None),                  # no decided attempt
+])
+def test_prm_levels_at_the_threshold_edges(pass_rate, score, level):
+    assert level_for(pass_rate, score, PRM) == level
+
+
+def test_pass_rate_mode_needs_no_prm_score():
+    grader = GraderConfig(mode="pass_rate", easy_min_pass_rate=0.75, thresholds=(0.5, 0.375, 0.25, 0.125))
+    assert level_for(0.75, None, grader) == Level.EASY
+    assert level_for(0.5, None, grader) == Level.WRONG_NEAR
+    assert level_for(0.125, None, grader) == Level.WRONG_HARD
+    assert level_for(0.0, None, grader) == Level.WRONG_HARDEST
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"thresholds": (0.8, 0.8, 0.4, 0.2)}, "strictly decreasing"),
+    ({"thresholds": (0.2, 0.4, 0.6, 0.8)}, "strictly decreasing"),
+    ({"thresholds": (1.5, 0.6, 0.4, 0.2)}, "in \\[0, 1\\]"),
+    ({"step_rule": "sentences"}, "step_rule"),
+    ({"mode": "pass_rate", "easy_min_pass_rate": 0.5}, "below easy_min_pass_rate"),
+])
+def test_bad_grader_configs_are_refused(kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        GraderConfig(**kwargs)
+
+
+def test_steps_and_aggregation():
+    response = "<think>First, 2+2=4.\n\nThen 4*3=12.</think>\n\n\nSo the answer is \\boxed{12}."
+    assert split_steps(response, "double_newline") == ["First, 2+2=4.", "Then 4*3=12.", "So the answer is \\boxed{12}."]
+    assert split_steps("a\nb\n\nc", "newline") == ["a", "b", "c"]
+    assert split_steps("Step 1: a Step 2: b", "regex:Step \\d+:") == ["a", "b"]
+    scores = [0.9, 0.2, 0.8]
+    assert (aggregate(scores, "min"), aggregate(scores, "last")) == (0.2, 0.8)
+    assert aggregate(scores, "product") == pytest.approx(0.144)
+    assert aggregate(scores, "mean") == pytest.approx(0.6333, abs=1e-3)
+    assert aggregate([], "min") is None
+    turn = prm_conversation("Q?", ["a", "b"], "<extra_0>")[-1]
+    assert turn == {"role": "assistant", "content": "a<extra_0>b<extra_0>"}
+
+
+def test_todo_expands_samples_skips_code_and_stored_samples():
+    pool = pa.table({"question_id": ["q1", "q2", "c1"], "domain": ["math", "math", "code"],
+                     "question": ["a", "b", "c"], "reference_answer": ["1", "2", None]})
+    todo = select_todo(pool, 3, pa.array(["q1#0", "q2#2"]))
+    pairs = list(zip(todo["question_id"].to_pylist(), todo["sample_index"].to_pylist()))
+    assert pairs == [("q1", 1), ("q1", 2), ("q2", 0), ("q2", 1)]
+
+
+def _attempts(rows):
+    cols = {k: [r[k] for r in rows] for k in ("question_id", "sample_index", "correct")}
+    n = len(rows)
+    return pa.table({"question_id": cols["question_id"], "domain": ["math"] * n, "student": ["s"] * n,
+                     "sample_index": pa.array(cols["sample_index"], pa.int32()), "response": ["r"] * n,
+                     "num_tokens": pa.array([5] * n, pa.int32()), "finish_reason": ["stop"] * n,
+                     "verdict": ["passed" if c else "wrong_answer" for c in cols["correct"]],
+                     "correct": cols["correct"], "verify_detail": [""] * n, "error": pa.nulls(n, pa.string())})
+
+
+def test_finalize_grades_only_complete_questions_and_never_twice(tmp_path):
+    root = tmp_path / "bank"
+    attempts = _attempts([{"question_id": "q1", "sample_index": 0, "correct": True},
+                          {"question_id": "q1", "sample_index": 1, "correct": False},
+                          {"question_id": "q2", "sample_index": 0, "correct": False},
+                          {"question_id": "q2", "sample_index": 1, "correct": False},
+                          {"question_id": "q3", "sample_index": 0, "correct": False}])  # sample 1 missing
+    bank.write_part(attempts, bank.partition_dir(root, "attempts", "s", "g"), schemas.ATTEMPTS)
+    scores = pa.table({"question_id": ["q1", "q2", "q2"], "student": ["s"] * 3, "sample_index": pa.array([1, 0, 1],
+                      pa.int32()), "prm": ["p"] * 3, "step_scores": [[0.5], [0.3], [0.5]],
+                       "prm_score": pa.array([0.5, 0.3, 0.5], pa.float32()), "prm_error": pa.nulls(3, pa.string())})
+    bank.write_part(scores, bank.partition_dir(root, "step_scores", "s", "g"), schemas.STEP_SCORES)
+    assert finalize_bank(str(root), "s", "g", 2, PRM) == (2, 0)
+    rows = {r["question_id"]: r for r in bank.read_partition(root, "bank", "s", "g").to_pylist()}
+    assert set(rows) == {"q1", "q2"}
+    assert (rows["q1"]["level"], rows["q1"]["pass_rate"], rows["q1"]["prm_score"]) == ("easy", 0.5, None)
+    assert rows["q2"]["level"] == "wrong_mid" and rows["q2"]["prm_score"] == pytest.approx(0.4)  # mean of 0.3, 0.5
+    assert rows["q2"]["difficulty_rank"] == Level.WRONG_MID.rank
+    assert finalize_bank(str(root), "s", "g", 2, PRM) == (0, 0)  # nothing graded twice
+
+
+def test_reading_one_student_reads_only_its_partition(tmp_path):
+    root = tmp_path / "bank"
+    row = {"question_id": "q", "domain": "math", "student": "org/model-a", "grader_id": "g", "level": "easy",
+           "difficulty_rank": 0, "pass_rate": 1.0, "num_samples": 1, "prm_score": None, "attempts_ref": "x"}
+    bank.write_part(pa.Table.from_pylist([row], schemas.BANK), bank.partition_dir(root, "bank", "org/model-a", "g"),
+                    schemas.BANK)
+    other = bank.partition_dir(root, "bank", "org/model-b", "g")
+    other.mkdir(parents=True)
+    (other / "part-broken.parquet").write_bytes(b"not parquet at all")
+    assert bank.read_partition(root, "bank", "org/model-a", "g")["student"].to_pylist() == ["org/model-a"]
+    assert bank.partition_dir(root, "bank", "org/model-a", "g").parent.name == "student=org--model-a"
+
+
+def test_uncommitted_step_scores_of_a_killed_run_are_removed(tmp_path):
+    root = tmp_path / "bank"
+    scores_dir = bank.partition_dir(root, "step_scores", "s", "g")
+    scores_dir.mkdir(parents=True)
+    (scores_dir / "part-orphan.parquet").write_bytes(b"x")
+    (scores_dir / ".part-half.parquet.tmp").write_bytes(b"x")
+    assert bank.remove_uncommitted(root, "s", "g") == 2
+    assert list(scores_dir.iterdir()) == []
+
+
+def _bank_rows(student, levels):
+    return pa.Table.from_pylist([
+        {"question_id": f"q{i}", "domain": "math", "student": student, "grader_id": "g", "level": lv.value,
+         "difficulty_rank": lv.rank, "pass_rate": 1.0 if lv is Level.EASY else 0.0, "num_samples": 1,
+         "prm_score": None, "attempts_ref": "x"} for i, lv in enumerate(levels)], schemas.BANK)
+
+
+def test_bank_summary_and_compare_commands(tmp_path, capsys):
+    root = tmp_path / "bank"
+    a = [Level.EASY, Level.EASY, Level.WRONG_MID, Level.WRONG_HARDEST]
+    b = [Level.EASY, Level.WRONG_NEAR, Level.WRONG_HARDEST, Level.WRONG_HARDEST]
+    for name, levels in (("small-7b", a), ("big-32b", b)):
+        bank.write_part(_bank_rows(name, levels), bank.partition_dir(root, "bank", name, "g"), schemas.BANK)
+    assert cli(["bank", "summary", str(root), "--json"]) == 0
+    summary = {r["student"]: r for r in json.loads(capsys.readouterr().out)}
+    assert summary["small-7b"]["levels"]["easy"] == 2 and summary["big-32b"]["levels"]["wrong_hardest"] == 2
+    assert cli(["bank", "compare", str(root), "small-7b", "big-32b", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["shared_questions"], result["same_level"]) == (4, 2)
+    assert result["counts"]["easy"]["wrong_near"] == 1 and result["counts"]["wrong_mid"]["wrong_hardest"] == 1
+    assert cli(["bank", "summary", str(root)]) == 0
+    assert "small-7b" in capsys.readouterr().out
+    assert cli(["bank", "compare", str(root), "small-7b", "nobody"]) == 2
+    assert "no bank partitions for 'nobody'" in capsys.readouterr().err
