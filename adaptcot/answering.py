@@ -15,6 +15,7 @@ strings configured, a response that used all of `max_tokens` was cut off (`lengt
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,13 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 MATH_PROMPT = "{question}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
-CODE_PROMPT = ("{question}\n\nWrite a complete Python 3 solution. Reason step by step, then give the final program "
-               "in one ```python code block.")
-CARRIED = ("question_id", "domain", "question", "reference_answer", "sample_index")
+CODE_PROMPT = ("{question}\n\n{io_format}Write a complete Python 3 solution. Reason step by step, then give the final "
+               "program in one ```python code block.")
+# How the program is run, told per question from its tests (the {io_format} of a code prompt).
+IO_FORMATS = {"stdin_stdout": "Read the input from standard input and print the answer to standard output.\n",
+              "call": "Implement the function `{fn_name}`.\n",
+              "assert": "Implement the function `{entry_point}`.\n"}
+CARRIED = ("question_id", "domain", "question", "reference_answer", "tests_json", "starter_code", "sample_index")
 
 
 class Strict(BaseModel):
@@ -85,9 +90,21 @@ def expand_samples(batch: pa.Table, n: int) -> pa.Table:
 
 
 def build_messages(row: dict, cfg: StudentConfig) -> list[dict]:
-    template = cfg.math_prompt if row["domain"] == "math" else cfg.code_prompt
     messages = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
-    return messages + [{"role": "user", "content": template.format(question=row["question"])}]
+    if row["domain"] == "math":
+        return messages + [{"role": "user", "content": cfg.math_prompt.format(question=row["question"])}]
+    return messages + [{"role": "user", "content": cfg.code_prompt.format(question=row["question"],
+                                                                          io_format=code_io_format(row))}]
+
+
+def code_io_format(row: dict) -> str:
+    """How the program will be run, and the starter code if the question has one."""
+    tests = json.loads(row.get("tests_json") or "{}")
+    text = IO_FORMATS.get(tests.get("kind"), "").format(fn_name=tests.get("fn_name"),
+                                                        entry_point=tests.get("entry_point"))
+    if row.get("starter_code"):
+        text += f"Start from this code:\n```python\n{row['starter_code']}\n```\n"
+    return text
 
 
 def to_attempt_row(row: dict) -> dict:

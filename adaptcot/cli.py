@@ -3,6 +3,7 @@
   adaptcot pool import SRC... --domain {math,code} --out DIR [--preset P] [--map FIELD=COLUMN ...]
   adaptcot tiny-models --out DIR [--seed N]
   adaptcot grade --config configs/local.yaml [--pool DIR] [--student MODEL] [--prm MODEL] [--bank DIR] [--samples N]
+  adaptcot verify --input FILE --output FILE [--workers N] [--timeout S] [--isolation auto|namespaces|none]
   adaptcot bank summary BANK [--json]
   adaptcot bank compare BANK STUDENT_A STUDENT_B [--json]
   adaptcot run --config configs/local.yaml [--set KEY=VALUE ...]
@@ -17,6 +18,7 @@ import sys
 from adaptcot.config import ConfigError
 from adaptcot.pool_presets import PRESETS, MappingError
 from adaptcot.pool_sources import SourceError
+from adaptcot.sandbox import SandboxUnavailable
 
 
 def _parse_map(items: list[str]) -> dict[str, str]:
@@ -64,6 +66,20 @@ def cmd_grade(args: argparse.Namespace) -> int:
     runtime.init_ray(job.ray)
     report = grading.grade(cfg)
     print("\n".join(report.lines()))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from adaptcot.sandbox import SandboxConfig
+    from adaptcot.verify import rejects_path, verify_file
+    from adaptcot.verify_code import CodeVerifyConfig
+
+    sandbox = SandboxConfig(isolation=args.isolation, timeout_s=args.timeout, memory_mb=args.memory_mb)
+    config = CodeVerifyConfig(sandbox=sandbox, workers=args.workers, extract=args.extract,
+                              float_tolerance=args.float_tolerance)
+    report = verify_file(args.input, args.output, config, math_workers=args.workers)
+    print("\n".join(report.lines()))
+    print(f"output: {args.output}  rejects: {rejects_path(args.output)}")
     return 0
 
 
@@ -122,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     grade.set_defaults(func=cmd_grade)
 
+    verify = sub.add_parser("verify", help="verify (question, response) rows, math and code (docs/verification.md)")
+    verify.add_argument("--input", required=True, help="JSONL or Parquet rows: response + reference_answer or tests")
+    verify.add_argument("--output", required=True, help=".jsonl or .parquet: the input rows plus verdict columns")
+    verify.add_argument("--workers", type=int, default=2, help="sandboxes (and math verifier processes)")
+    verify.add_argument("--timeout", type=float, default=4.0, help="seconds per test case")
+    verify.add_argument("--memory-mb", type=int, default=1024, help="memory per test process")
+    verify.add_argument("--isolation", choices=["auto", "namespaces", "none"], default="auto")
+    verify.add_argument("--extract", choices=["last", "first", "longest", "all"], default="last",
+                        help="which fenced python block of a response is the program")
+    verify.add_argument("--float-tolerance", type=float, default=None)
+    verify.set_defaults(func=cmd_verify)
+
     bank_cmd = sub.add_parser("bank", help="question bank commands").add_subparsers(dest="bank_command",
                                                                                    required=True)
     summary = bank_cmd.add_parser("summary", help="level histogram per student")
@@ -146,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, MappingError, SourceError, FileNotFoundError, KeyError, ValueError) as e:
+    except (ConfigError, MappingError, SourceError, SandboxUnavailable, FileNotFoundError, KeyError, ValueError) as e:
         print(f"adaptcot: error: {e}", file=sys.stderr)
         return 2
 

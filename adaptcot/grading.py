@@ -2,20 +2,24 @@
 
 One streaming Ray Data pipeline (the pool is never collected into one process):
 
-    pool parquet -> todo (math rows x n samples, minus samples already in the bank's attempts)
-      -> student answers (ray.data.llm vLLM processor) -> attempt rows -> verification (math-verify actors)
+    pool parquet -> todo (rows x n samples, minus samples already in the bank's attempts)
+      -> student answers (ray.data.llm vLLM processor) -> attempt rows
+      -> verification (one actor stage: math-verify worker processes for math, warm sandboxes for code)
       -> PRM scoring of wrong answers (vLLM pooling actors; `prm` mode only) -> part files in the bank
 
 Part files are committed as they are written (step scores first, then the attempts part of the same name, which is
 the commit mark), so a killed run keeps what it finished and a rerun generates only the samples not yet stored.
 `finalize_bank` then turns the attempts of every question whose n samples are all stored into one bank row.
-Code questions are refused with a message until code verification (the sandbox) lands: never passed or failed.
+A code question's program is run against its tests in the sandbox (`verify_code.py`); a sandbox fault makes the
+attempt `sandbox_error` with `correct` null, which, like an engine error, leaves the question ungradable, never failed.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from typing import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +32,8 @@ from adaptcot import bank, schemas
 from adaptcot.answering import StudentConfig, answer_processor, expand_samples, to_attempt_row
 from adaptcot.levels import GraderConfig, grade_questions, grader_id
 from adaptcot.prm_scoring import PRMConfig, PRMScorer, check_prm
+from adaptcot.sandbox import Sandbox
+from adaptcot.verify_code import CodeVerifier, CodeVerifyConfig, verify_code_table
 from adaptcot.verify_math import MathVerifier, verify_table
 
 
@@ -37,6 +43,7 @@ class VerifyConfig(BaseModel):
     timeout_s: float = Field(default=5.0, gt=0)
     concurrency: int = Field(default=1, ge=1)
     num_cpus: float = Field(default=0.25, gt=0)
+    code: CodeVerifyConfig = CodeVerifyConfig()  # the sandbox and comparison settings for code answers
 
 
 class GradeConfig(BaseModel):
@@ -67,7 +74,7 @@ class GradeReport:
     student: str
     grader_id: str
     math_questions: int = 0
-    code_refused: int = 0
+    code_questions: int = 0
     samples_todo: int = 0
     generated: int = 0
     generation_errors: int = 0
@@ -77,12 +84,10 @@ class GradeReport:
     levels: dict = field(default_factory=dict)
 
     def lines(self) -> list[str]:
-        out = [f"student {self.student} (grader {self.grader_id}): {self.math_questions} math questions, "
-               f"{self.samples_todo} samples to generate, {self.generated} generated "
-               f"({self.generation_errors} errors), {self.newly_graded} newly graded, {self.ungradable} ungradable"]
-        if self.code_refused:
-            out.append(f"  {self.code_refused} code questions refused: code answers need the sandbox verifier, "
-                       "which has not landed yet (they are not graded, not passed, not failed)")
+        out = [f"student {self.student} (grader {self.grader_id}): {self.math_questions} math and "
+               f"{self.code_questions} code questions, {self.samples_todo} samples to generate, {self.generated} "
+               f"generated ({self.generation_errors} errors), {self.newly_graded} newly graded, "
+               f"{self.ungradable} ungradable"]
         out.append("  levels: " + ", ".join(f"{k} {v}" for k, v in self.levels.items()))
         return out
 
@@ -96,17 +101,21 @@ def check_model_path(model: str, what: str) -> None:
 
 
 def preflight(cfg: GradeConfig) -> None:
-    """Everything that can fail before Ray starts: paths, the PRM's step token."""
+    """Everything that can fail before Ray starts: paths, the PRM's step token, the sandbox if there is code."""
     if not Path(cfg.pool).is_dir():
         raise FileNotFoundError(f"pool not found: {cfg.pool} (create it with `adaptcot pool import`)")
     check_model_path(cfg.student.model, "student")
     if cfg.grader.mode == "prm":
         check_model_path(cfg.prm.model, "PRM")
         check_prm(cfg.prm)
+    domains = pads.dataset(str(Path(cfg.pool) / "pool"), format="parquet").to_table(columns=["domain"])["domain"]
+    if pc.any(pc.equal(domains, "code")).as_py():
+        with Sandbox(cfg.verify.code.sandbox) as sandbox:  # fails here if this host cannot contain programs
+            sandbox.start()
 
 
 # --- pipeline stages ------------------------------------------------------------------------------------------
-POOL_COLUMNS = ["question_id", "domain", "question", "reference_answer"]
+POOL_COLUMNS = ["question_id", "domain", "question", "reference_answer", "tests", "starter_code"]
 
 
 def _sample_keys(question_ids: pa.Array, sample_index: pa.Array) -> pa.Array:
@@ -114,23 +123,52 @@ def _sample_keys(question_ids: pa.Array, sample_index: pa.Array) -> pa.Array:
 
 
 def select_todo(batch: pa.Table, n: int, done: pa.Array) -> pa.Table:
-    """Math rows of a pool batch, expanded to n samples, without the samples already stored."""
-    math = batch.filter(pc.equal(batch["domain"], "math"))
-    expanded = expand_samples(math, n)
+    """Rows of a pool batch, expanded to n samples, without the samples already stored.
+
+    Code tests travel as JSON text (`tests_json`): a struct column that is all null in math-only blocks would not
+    unify with the struct of code blocks downstream."""
+    if "tests" in batch.column_names:
+        tests = [None if t is None else json.dumps(t) for t in batch["tests"].to_pylist()]
+        batch = batch.drop_columns(["tests"]).append_column("tests_json", pa.array(tests, pa.string()))
+    expanded = expand_samples(batch, n)
     if len(done):
         stored = pc.is_in(_sample_keys(expanded["question_id"], expanded["sample_index"]), value_set=done)
         expanded = expanded.filter(pc.invert(stored))
     return expanded
 
 
-class AttemptVerifier:
-    """Ray Data stage: math-verify verdicts; an attempt the engine refused keeps verdict `error`."""
+def verify_attempts(batch: pa.Table, math: MathVerifier, code: Callable[[], CodeVerifier]) -> pa.Table:
+    """Verdicts for a batch of attempts of both domains, row order kept (`code` builds the sandboxes when needed)."""
+    order = pa.array(range(batch.num_rows), pa.int64())
+    batch = batch.append_column("_row", order)
+    is_math = pc.equal(batch["domain"], "math")
+    parts = [verify_table(batch.filter(is_math), math)]
+    code_rows = batch.filter(pc.invert(is_math))
+    if code_rows.num_rows:
+        tests = [None if t is None else json.loads(t) for t in code_rows["tests_json"].to_pylist()]
+        checked = verify_code_table(code_rows.append_column("tests", [tests]), code())
+        parts.append(checked.select(parts[0].column_names))
+    out = pa.concat_tables(parts)
+    out = out.take(pc.sort_indices(out["_row"]))
+    if out.num_rows != batch.num_rows:  # every row comes out exactly once
+        raise RuntimeError(f"verification: {batch.num_rows} rows in, {out.num_rows} out")
+    return out.drop_columns(["_row"])
 
-    def __init__(self, workers: int, timeout_s: float):
+
+class AttemptVerifier:
+    """Ray Data stage: math-verify or sandbox verdicts; an attempt the engine refused keeps verdict `error`."""
+
+    def __init__(self, workers: int, timeout_s: float, code: CodeVerifyConfig = CodeVerifyConfig()):
         self.verifier = MathVerifier(workers=workers, timeout_s=timeout_s)
+        self.code_config, self._code = code, None
+
+    def _code_verifier(self) -> CodeVerifier:
+        if self._code is None:  # sandboxes start on the first code attempt: a math-only job never needs them
+            self._code = CodeVerifier(self.code_config)
+        return self._code
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        batch = verify_table(batch, self.verifier)
+        batch = verify_attempts(batch, self.verifier, self._code_verifier)
         failed = pc.is_valid(batch["error"])
         verdict = pc.if_else(failed, "error", batch["verdict"])
         correct = pc.if_else(failed, pa.scalar(None, pa.bool_()), batch["correct"])
@@ -159,10 +197,9 @@ def _count_todo(pool_dir: str, n: int, done: pa.Array) -> tuple[int, int, int]:
     scanner = pads.dataset(pool_dir, format="parquet").scanner(columns=["question_id", "domain"])
     for batch in scanner.to_batches():
         table = pa.Table.from_batches([batch])
-        math = table.filter(pc.equal(table["domain"], "math"))
-        n_math += math.num_rows
-        n_code += table.num_rows - math.num_rows
-        todo += select_todo(math, n, done).num_rows
+        n_math += pc.sum(pc.equal(table["domain"], "math")).as_py() or 0
+        n_code += table.num_rows - (pc.sum(pc.equal(table["domain"], "math")).as_py() or 0)
+        todo += select_todo(table, n, done).num_rows
     return n_math, n_code, todo
 
 
@@ -176,7 +213,8 @@ def run_pipeline(cfg: GradeConfig, gid: str, done: pa.Array) -> tuple[int, int]:
                             batch_format="pyarrow", num_cpus=light)
     attempts = answer_processor(student)(todo).map(to_attempt_row, num_cpus=light)
     attempts = attempts.map_batches(AttemptVerifier, fn_constructor_kwargs={"workers": cfg.verify.workers,
-                                    "timeout_s": cfg.verify.timeout_s}, concurrency=cfg.verify.concurrency,
+                                    "timeout_s": cfg.verify.timeout_s, "code": cfg.verify.code},
+                                    concurrency=cfg.verify.concurrency,
                                     num_cpus=cfg.verify.num_cpus, batch_format="pyarrow")
     prm_name = None
     if cfg.grader.mode == "prm":
@@ -225,7 +263,7 @@ def grade(cfg: GradeConfig) -> GradeReport:
     done = _sample_keys(stored["question_id"], stored["sample_index"]).combine_chunks() if stored.num_rows \
         else pa.array([], pa.string())
     report = GradeReport(student=student, grader_id=gid)
-    report.math_questions, report.code_refused, report.samples_todo = _count_todo(
+    report.math_questions, report.code_questions, report.samples_todo = _count_todo(
         str(Path(cfg.pool) / "pool"), cfg.student.sampling.n, done)
     if report.samples_todo:
         report.generated, report.generation_errors = run_pipeline(cfg, gid, done)

@@ -14,6 +14,7 @@ from adaptcot.pool_import import PoolImportConfig, import_pool, read_pool
 from adaptcot.prm_scoring import PRMConfig
 from adaptcot.synthetic import math_rows, write_jsonl
 from adaptcot.tiny_models import build_tiny_models
+from adaptcot.verify_code import VERDICTS
 
 pytestmark = pytest.mark.slow
 SMALL = ResourcesConfig(cpus_per_engine=0.5, cpus_per_light_stage=0.1, batch_size=8)
@@ -52,14 +53,15 @@ def bank_ids(world, cfg):
 def test_grading_fills_the_bank_once_and_reruns_generate_nothing(world, ray_session):
     cfg = prm_config(world)
     first = grading.grade(cfg)
-    math_ids = set(read_pool(world["pool"]).filter(pa.compute.equal(read_pool(world["pool"])["domain"], "math"))
-                   ["question_id"].to_pylist())
-    assert (first.math_questions, first.code_refused, first.samples_todo, first.generated) == (11, 1, 22, 22)
+    pool_ids = set(read_pool(world["pool"])["question_id"].to_pylist())
+    assert (first.math_questions, first.code_questions, first.samples_todo, first.generated) == (11, 1, 24, 24)
     # The over-long prompt is an error row, not a crash, and not a level.
-    assert (first.generation_errors, first.ungradable, first.newly_graded) == (2, 1, 10)
+    assert (first.generation_errors, first.ungradable, first.newly_graded) == (2, 1, 11)
     ids = bank_ids(world, cfg).to_pylist()
-    assert len(ids) == len(set(ids)) == 10 and set(ids) < math_ids
+    assert len(ids) == len(set(ids)) == 11 and set(ids) < pool_ids
     attempts = bank.read_partition(world["bank"], "attempts", "tiny-student", cfg.grader_id())
+    code = attempts.filter(pa.compute.equal(attempts["domain"], "code"))
+    assert code.num_rows == 2 and set(code["verdict"].to_pylist()) <= set(VERDICTS) - {"passed", "sandbox_error"}
     errors = attempts.filter(pa.compute.equal(attempts["verdict"], "error"))
     assert "maximum context length" in errors["error"][0].as_py()
     rows = bank.read_partition(world["bank"], "bank", "tiny-student", cfg.grader_id()).to_pylist()
@@ -88,11 +90,11 @@ def test_a_killed_run_resumes_with_only_the_missing_samples(world, ray_session):
     resumed = grading.grade(cfg)
     assert resumed.samples_todo == resumed.generated == lost
     ids = bank_ids(world, cfg).to_pylist()
-    assert len(ids) == len(set(ids)) == 10
+    assert len(ids) == len(set(ids)) == 11
     keys = bank.read_partition(world["bank"], "attempts", "tiny-student", cfg.grader_id(),
                                ["question_id", "sample_index"])
     pairs = list(zip(keys["question_id"].to_pylist(), keys["sample_index"].to_pylist()))
-    assert len(pairs) == len(set(pairs)) == 22
+    assert len(pairs) == len(set(pairs)) == 24
 
 
 def test_a_second_student_shares_the_bank_graded_by_pass_rate(world, ray_session):
@@ -105,12 +107,12 @@ def test_a_second_student_shares_the_bank_graded_by_pass_rate(world, ray_session
                          grader=GraderConfig(mode="pass_rate", easy_min_pass_rate=0.5,
                                              thresholds=(0.4, 0.3, 0.2, 0.1)))
     report = grading.grade(second)
-    assert report.newly_graded == 10
+    assert report.newly_graded == 11
     summary = {(r["student"], r["grader_id"]): r for r in bank.summary(world["bank"])}
     assert set(summary) == {("tiny-student", first.grader_id()), ("tiny-teacher", second.grader_id())}
     # Random tiny models answer nothing right: by pass rate every question is the hardest.
-    assert summary[("tiny-teacher", second.grader_id())]["levels"]["wrong_hardest"] == 10
-    assert bank.compare(world["bank"], "tiny-student", "tiny-teacher")["shared_questions"] == 10
+    assert summary[("tiny-teacher", second.grader_id())]["levels"]["wrong_hardest"] == 11
+    assert bank.compare(world["bank"], "tiny-student", "tiny-teacher")["shared_questions"] == 11
 
 
 def test_bad_models_fail_before_ray_starts(world):

@@ -68,12 +68,15 @@ def test_steps_and_aggregation():
     assert turn == {"role": "assistant", "content": "a<extra_0>b<extra_0>"}
 
 
-def test_todo_expands_samples_skips_code_and_stored_samples():
+def test_todo_expands_samples_of_both_domains_and_skips_stored_samples():
+    tests = {"kind": "call", "fn_name": "f", "cases": [{"input": "[1]", "output": "1"}]}
     pool = pa.table({"question_id": ["q1", "q2", "c1"], "domain": ["math", "math", "code"],
-                     "question": ["a", "b", "c"], "reference_answer": ["1", "2", None]})
-    todo = select_todo(pool, 3, pa.array(["q1#0", "q2#2"]))
+                     "question": ["a", "b", "c"], "reference_answer": ["1", "2", None],
+                     "tests": [None, None, tests]})
+    todo = select_todo(pool, 3, pa.array(["q1#0", "q2#2", "c1#1"]))
     pairs = list(zip(todo["question_id"].to_pylist(), todo["sample_index"].to_pylist()))
-    assert pairs == [("q1", 1), ("q1", 2), ("q2", 0), ("q2", 1)]
+    assert pairs == [("q1", 1), ("q1", 2), ("q2", 0), ("q2", 1), ("c1", 0), ("c1", 2)]
+    assert [json.loads(t) if t else None for t in todo["tests_json"].to_pylist()][-1] == tests
 
 
 def _attempts(rows):
