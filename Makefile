@@ -18,6 +18,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/pool_import.py
+	$(VENV)/bin/python benchmarks/sandbox_throughput.py
+	$(VENV)/bin/python benchmarks/grade_throughput.py
 
 clean:
 	rm -rf runs .pytest_cache

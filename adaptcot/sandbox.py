@@ -125,7 +125,9 @@ class _Cgroups:
                                          ("memory", {"memory.limit_in_bytes": memory_bytes,
                                                      "memory.memsw.limit_in_bytes": memory_bytes,
                                                      "memory.max": memory_bytes, "memory.swap.max": 0})):
-                path = _cgroup_parent(controller) / name
+                parent = _cgroup_parent(controller)
+                _remove_stale(parent)
+                path = parent / name
                 path.mkdir()
                 self.dirs.append(path)
                 for key, value in settings.items():
@@ -180,6 +182,18 @@ class _Cgroups:
                     break
                 except OSError:
                     time.sleep(0.01)
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove empty cgroups of sandboxes whose process was killed before it could (rmdir refuses a busy one).
+
+    Only old ones: a sandbox starting right now has an empty cgroup until its runner moves in."""
+    for stale in parent.glob("adaptcot-sandbox-*"):
+        try:
+            if stale.stat().st_mtime < time.time() - 300:
+                stale.rmdir()
+        except OSError:
+            pass
 
 
 def shlex_quote(text: str) -> str:
