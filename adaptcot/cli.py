@@ -6,6 +6,9 @@
   adaptcot verify --input FILE --output FILE [--workers N] [--timeout S] [--isolation auto|namespaces|none]
   adaptcot bank summary BANK [--json]
   adaptcot bank compare BANK STUDENT_A STUDENT_B [--json]
+  adaptcot sample --config C        draw questions from the student's bank by a difficulty distribution
+  adaptcot teach --config C         teacher CoTs for the sample (resumable), verified and filtered
+  adaptcot build-sft --config C     SFT records (standard CoT and/or CasCoD) from the kept CoTs
   adaptcot run --config configs/local.yaml [--set KEY=VALUE ...]
 """
 
@@ -95,6 +98,27 @@ def cmd_bank(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stage(args: argparse.Namespace) -> int:
+    """sample / teach / build-sft: one stage of the job config, reading the previous stage's output."""
+    from adaptcot import runtime
+    from adaptcot.config import load_config
+    from ray_jobs import stages
+
+    job = load_config(args.config, args.overrides)
+    section = {"sample": "sample", "teach": "teacher", "build-sft": "sft"}[args.command]
+    if getattr(job, section) is None:
+        raise ValueError(f"{args.config} has no `{section}` section")
+    if args.command == "sample":
+        print("\n".join(stages.run_sample(job).lines()))
+    elif args.command == "teach":
+        runtime.init_ray(job.ray)
+        result = stages.run_teach(job)
+        print("\n".join(result["teach"].lines() + result["filter"].lines()))
+    else:
+        print("\n".join(stages.run_build_sft(job).lines()))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from adaptcot.config import load_config
     from ray_jobs.pipeline import main as run_pipeline
@@ -162,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("b")
     compare.add_argument("--json", action="store_true")
     compare.set_defaults(func=cmd_bank)
+
+    for name, text in (("sample", "draw questions from the student's bank by a difficulty distribution"),
+                       ("teach", "teacher CoTs for the sample (resumable), verified and filtered"),
+                       ("build-sft", "SFT records (standard CoT and/or CasCoD) from the kept CoTs")):
+        stage = sub.add_parser(name, help=text)
+        stage.add_argument("--config", required=True, help="a job config with the stage's section")
+        stage.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        stage.set_defaults(func=cmd_stage)
 
     run = sub.add_parser("run", help="run the end-to-end job on Ray")
     run.add_argument("--config", required=True)

@@ -13,8 +13,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from adaptcot.cot_filter import FilterConfig
 from adaptcot.grading import GradeConfig
 from adaptcot.pool_presets import resolve_mapping
+from adaptcot.sampling import SampleConfig
+from adaptcot.sft_data import SFTConfig
+from adaptcot.teacher import TeacherConfig
 
 
 class Strict(BaseModel):
@@ -69,6 +73,17 @@ class JobConfig(Strict):
     synthetic_pool: SyntheticPoolConfig = SyntheticPoolConfig()
     pool: PoolConfig = PoolConfig()
     grade: GradeConfig | None = None
+    sample: SampleConfig | None = None      # draws from the graded student's bank partition
+    teacher: TeacherConfig | None = None
+    filter: FilterConfig = FilterConfig()
+    sft: SFTConfig | None = None
+
+    @model_validator(mode="after")
+    def _stages_have_their_inputs(self):
+        for stage, needs in (("sample", "grade"), ("teacher", "sample"), ("sft", "teacher")):
+            if getattr(self, stage) is not None and getattr(self, needs) is None:
+                raise ValueError(f"a `{stage}` section needs a `{needs}` section (it reads that stage's output)")
+        return self
 
     def path(self, relative: str) -> Path:
         """A config path: absolute, a URI, or relative to run_dir."""
@@ -95,6 +110,16 @@ def resolve_grade(cfg: JobConfig) -> GradeConfig:
     if grade.prm is not None:
         updates["prm"] = grade.prm.model_copy(update={"model": fill(grade.prm.model)})
     return grade.model_copy(update=updates)
+
+
+def resolve_teacher(cfg: JobConfig) -> TeacherConfig:
+    """The job's teacher with `{run_dir}` filled in (an in-cluster model built by the job lives there)."""
+    if cfg.teacher is None:
+        raise ConfigError("the config has no `teacher` section")
+    if cfg.teacher.vllm is None:
+        return cfg.teacher
+    model = cfg.teacher.vllm.model.replace("{run_dir}", cfg.run_dir)
+    return cfg.teacher.model_copy(update={"vllm": cfg.teacher.vllm.model_copy(update={"model": model})})
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -125,9 +125,23 @@ BANK = _tagged("bank", [
     pa.field("attempts_ref", pa.string()),   # where the attempts of this (question, student) are stored
 ])
 
-# --- Teacher CoTs and SFT records -------------------------------------------------------------------------------
+# --- Samples, teacher CoTs and SFT records ------------------------------------------------------------------------
+SAMPLES = _tagged("samples", [  # questions drawn from one student's bank by a difficulty distribution
+    pa.field("question_id", pa.string(), nullable=False),
+    pa.field("domain", pa.string(), nullable=False),
+    pa.field("student", pa.string(), nullable=False),
+    pa.field("grader_id", pa.string(), nullable=False),
+    pa.field("level", pa.string(), nullable=False),
+    pa.field("difficulty_rank", pa.int8(), nullable=False),
+    pa.field("question", pa.string(), nullable=False),
+    pa.field("reference_answer", pa.string()),
+    pa.field("tests", CODE_TESTS),
+    pa.field("starter_code", pa.string()),
+])
+
 TEACHER_COTS = _tagged("teacher_cots", [
     pa.field("question_id", pa.string(), nullable=False),
+    pa.field("domain", pa.string(), nullable=False),
     pa.field("teacher", pa.string(), nullable=False),
     pa.field("sampling_key", pa.string(), nullable=False),  # hash of the sampling params
     pa.field("sample_index", pa.int32(), nullable=False),
@@ -138,9 +152,13 @@ TEACHER_COTS = _tagged("teacher_cots", [
     pa.field("completion_tokens", pa.int32()),
     pa.field("finish_reason", pa.string()),
     pa.field("cost_usd", pa.float64()),
+    pa.field("error", pa.string()),          # the request failed after its retries (nothing to keep)
     pa.field("verdict", pa.string()),
     pa.field("correct", pa.bool_()),
+    pa.field("verify_detail", pa.string()),
+    pa.field("drop_reason", pa.string()),    # null: kept for SFT; else one of DROP_REASONS
 ])
+DROP_REASONS = ("error", "truncated", "too_long", "bad_format", "wrong_answer", "undecided")
 
 CHAT_MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
 SFT_RECORD_KINDS = ("cot", "cascod_rationale", "cascod_answer")
@@ -155,7 +173,7 @@ SFT_RECORDS = _tagged("sft_records", [
 
 ALL_TABLES: dict[str, pa.Schema] = {
     "pool": POOL, "rejects": REJECTS, "attempts": ATTEMPTS, "step_scores": STEP_SCORES, "bank": BANK,
-    "teacher_cots": TEACHER_COTS, "sft_records": SFT_RECORDS,
+    "samples": SAMPLES, "teacher_cots": TEACHER_COTS, "sft_records": SFT_RECORDS,
 }
 
 

@@ -1,4 +1,5 @@
-"""The whole adaptcot job on Ray: tiny models (local default), raw pool, pool import, grading; later stages follow.
+"""The whole adaptcot job on Ray: tiny models (local default), raw pool, pool import, grading, sampling, teacher
+CoTs and their filter, SFT records; each stage runs when its config section is present.
 
 Run:  python ray_jobs/pipeline.py --config configs/local.yaml [--set key=value ...]
   or: adaptcot run --config configs/local.yaml
@@ -18,6 +19,7 @@ from adaptcot.config import JobConfig, load_config, resolve_grade
 from adaptcot.pool_import import ImportReport, PoolImportConfig, import_pool_remote
 from adaptcot.pool_sources import open_source
 from adaptcot.synthetic import code_rows, math_rows, write_jsonl
+from ray_jobs import stages
 
 
 def pool_imports(cfg: JobConfig) -> list[PoolImportConfig]:
@@ -87,6 +89,20 @@ def main(cfg: JobConfig) -> dict:
         report = grading.grade(grade_cfg)
         print("[grade]\n" + "\n".join("  " + line for line in report.lines()))
         summary["stages"]["grade"] = grading.report_dict(report)
+    if cfg.sample is not None:
+        sampled = stages.run_sample(cfg)
+        print("[sample]\n" + "\n".join("  " + line for line in sampled.lines()))
+        summary["stages"]["sample"] = {"drawn": sampled.drawn, "quotas": sampled.quotas}
+    if cfg.teacher is not None:
+        taught = stages.run_teach(cfg)
+        print("[teach]\n" + "\n".join("  " + line for line in taught["teach"].lines() + taught["filter"].lines()))
+        summary["stages"]["teach"] = {"requests": taught["teach"].requests_todo, "stored": taught["teach"].stored,
+                                      "kept": sum(taught["filter"].kept.values()),
+                                      "dropped": dict(taught["filter"].dropped)}
+    if cfg.sft is not None:
+        built = stages.run_build_sft(cfg)
+        print("[sft]\n" + "\n".join("  " + line for line in built.lines()))
+        summary["stages"]["sft"] = built.as_dict()
     summary["seconds"] = round(time.time() - started, 1)
     (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
     print(f"[done] {summary['seconds']} s; summary in {run_dir / 'run_summary.json'}")

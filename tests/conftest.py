@@ -27,3 +27,25 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory):
+    """The tiny student, teacher and PRM, built once per session."""
+    from adaptcot.tiny_models import build_tiny_models
+
+    return build_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def teacher_server(tiny_models_dir, tmp_path_factory):
+    """A real vLLM OpenAI-compatible server on 127.0.0.1 serving the tiny teacher: (base url, model name)."""
+    import signal
+
+    from teacher_fixtures import start_vllm_server
+
+    log = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    proc, url = start_vllm_server(tiny_models_dir["teacher"], "tiny-teacher", log)
+    yield url, "tiny-teacher"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -58,3 +58,19 @@ def test_cli_grade_flags_reach_the_config_and_bad_models_fail_before_ray(tmp_pat
     assert rc == 2
     assert "student model not found" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_stage_sections_need_the_stage_they_read(tmp_path):
+    import yaml
+
+    from adaptcot.config import ConfigError, load_config
+
+    local = Path(__file__).parents[1] / "configs" / "local.yaml"
+    data = yaml.safe_load(local.read_text())
+    del data["grade"]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="`sample` section needs a `grade` section"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="distribution"):
+        load_config(local, ["sample.distribution.weights.easy=0.5"])  # no longer decreasing

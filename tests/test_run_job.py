@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from adaptcot.pool_import import read_pool
@@ -35,9 +36,20 @@ def test_local_job_builds_models_imports_and_grades_and_reruns_add_nothing(tmp_p
     grade = summary["stages"]["grade"]
     assert (grade["math_questions"], grade["code_questions"], grade["newly_graded"]) == (30, 8, 38)
     assert sum(grade["levels"].values()) == 38
+    # Later stages: a sample from the student's bank, the teacher's CoTs (all verified), SFT records.
+    assert summary["stages"]["sample"]["drawn"] == 38  # 48 asked for, the bank holds 38: the report says so
+    assert "fewer than" in first.stdout or "short" in first.stdout
+    teach = summary["stages"]["teach"]
+    assert teach["requests"] == teach["stored"] == 76 and teach["kept"] + sum(teach["dropped"].values()) == 76
+    samples = pq.read_table(run_dir / "samples" / "samples.parquet")
+    assert samples.num_rows == 38 and set(samples["level"].to_pylist()) <= set(grade["levels"])
+    assert (run_dir / "sft" / "sft_records.parquet").exists()
 
     again = run_job(run_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already in pool 30" in again.stdout
-    assert json.loads((run_dir / "run_summary.json").read_text())["stages"]["grade"]["generated"] == 0
+    again_summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert again_summary["stages"]["grade"]["generated"] == 0
+    assert again_summary["stages"]["teach"]["requests"] == 0  # every CoT was stored: nothing is asked twice
+    assert pq.read_table(run_dir / "samples" / "samples.parquet").equals(samples)  # same seed, same sample
     assert read_pool(run_dir / "pool").num_rows == 38

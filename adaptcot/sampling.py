@@ -1,0 +1,294 @@
+"""Draw N questions from one student's bank partition by a difficulty distribution (METHOD.md §1, DB_sample).
+
+- `allocate`: per-level quotas from the weights, with the shortage rule (a level with too few questions is capped
+  and its shortfall goes to the other levels; see its docstring and docs/sampling.md).
+- `draw`: within a level, questions in the order of sha256(f"{seed}:{question_id}"), first k taken. The same seed
+  gives the same sample, and adding questions to the bank never reorders the questions already there.
+- `exclusion_ids` (decontamination against benchmark lists, by normalised text) and `previous_sample_ids`.
+- `sample`: the driver, bank partition + pool -> `samples.parquet` (schema SAMPLES), `distribution.json`,
+  `sample_report.json`, each written to a temporary name and renamed.
+
+Pure Arrow and Python, no Ray: a bank partition's id/level/domain columns fit in one process even for millions of
+questions, and the pool is read only for the drawn questions. Not covered: stratifying by domain or source (a
+mixed bank is drawn by level only), and fuzzy or n-gram decontamination (only exact matches of the identity key
+of `adaptcot.text`, i.e. equal up to case, whitespace and Unicode compatibility forms).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from adaptcot import bank, schemas
+from adaptcot.distributions import (LEVEL_NAMES, Distribution, DistributionConfig, build_distribution,
+                                    eval_pool_ids, save_distribution)
+from adaptcot.pool_sources import open_source
+from adaptcot.schemas import Level
+from adaptcot.text import normalise_text, question_id
+
+DOMAINS = ("math", "code")
+BANK_COLUMNS = ["question_id", "domain", "student", "grader_id", "level", "difficulty_rank"]
+QUESTION_FIELDS = ["question", "reference_answer", "tests", "starter_code"]
+
+
+class SampleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n: int = Field(gt=0)
+    seed: int = 0
+    distribution: DistributionConfig
+    exclude: list[str] = []           # benchmark question lists (decontamination)
+    exclude_previous: list[str] = []  # earlier sample outputs (samples.parquet files or their directories)
+    domains: list[Literal["math", "code"]] | None = None  # None: every domain in the bank
+
+
+# --- allocation -----------------------------------------------------------------------------------------------
+def _largest_remainder(weights: dict[str, float], n: int) -> dict[str, int]:
+    """n split in proportion to weights, floors first, then +1 by largest remainder (ties: easier level first)."""
+    total = sum(weights.values())
+    exact = {lv: n * w / total for lv, w in weights.items()}
+    quotas = {lv: math.floor(x) for lv, x in exact.items()}
+    left = n - sum(quotas.values())
+    by_remainder = sorted(weights, key=lambda lv: (quotas[lv] - exact[lv], Level(lv).rank))
+    for lv in by_remainder[:left]:
+        quotas[lv] += 1
+    return quotas
+
+
+def _receivers(weights: dict[str, float], available: dict[str, int], quotas: dict[str, int]) -> dict[str, float]:
+    """Levels that can take more questions, with their weights; weight-0 levels (equal shares) only as a last resort."""
+    spare = [lv for lv in LEVEL_NAMES if available[lv] > quotas[lv]]
+    weighted = {lv: weights[lv] for lv in spare if weights[lv] > 0}
+    return weighted or {lv: 1.0 for lv in spare}
+
+
+def allocate(weights: dict[str, float], available: dict[str, int], n: int) -> tuple[dict[str, int], list[str]]:
+    """Questions to draw per level, and notes on every shortage.
+
+    Rule: quotas are n * weight rounded by largest remainder (they sum to n). While a level's quota exceeds the
+    questions it has, its quota is capped at what it has and the shortfall is split, again by largest remainder,
+    over the levels that still have spare questions, in proportion to their weights. Levels with weight 0 receive
+    questions (in equal shares) only when no level with weight > 0 has any to spare. When no level has spare
+    questions left, fewer than n are drawn and a note says how many fewer.
+    """
+    weights = {lv: float(weights[lv]) for lv in LEVEL_NAMES}
+    available = {lv: int(available.get(lv, 0)) for lv in LEVEL_NAMES}
+    if n < 0 or sum(weights.values()) <= 0:
+        raise ValueError(f"allocate needs n >= 0 and some weight > 0 (n={n}, weights={weights})")
+    quotas, notes = _largest_remainder(weights, n), []
+    while short := {lv: q - available[lv] for lv, q in quotas.items() if q > available[lv]}:
+        for lv, missing in short.items():
+            notes.append(f"{lv}: wanted {quotas[lv]}, only {available[lv]} available ({missing} short)")
+            quotas[lv] = available[lv]
+        receivers = _receivers(weights, available, quotas)
+        if not receivers:
+            break
+        if all(weights[lv] == 0 for lv in receivers):
+            notes.append(f"no level with weight > 0 has questions to spare: filling from {', '.join(receivers)}")
+        for lv, extra in _largest_remainder(receivers, sum(short.values())).items():
+            quotas[lv] += extra
+    drawn = sum(quotas.values())
+    if drawn < n:
+        notes.append(f"bank exhausted: drawing {drawn} questions, {n - drawn} fewer than the {n} requested")
+    return quotas, notes
+
+
+# --- drawing --------------------------------------------------------------------------------------------------
+def order_key(seed: int, qid: str) -> str:
+    return hashlib.sha256(f"{seed}:{qid}".encode()).hexdigest()
+
+
+def draw(bank_rows: pa.Table, quotas: dict[str, int], seed: int) -> pa.Table:
+    """The first quotas[level] questions of each level in seeded hash order; rows come out easiest level first."""
+    schemas.require_columns(bank_rows, ["question_id", "level"], "draw")
+    ids = bank_rows["question_id"].to_pylist()
+    if len(set(ids)) != len(ids):
+        raise schemas.SchemaError("draw: the bank rows hold a question more than once")
+    unknown = set(quotas) - set(LEVEL_NAMES)
+    if unknown:
+        raise ValueError(f"draw: unknown level(s) in quotas: {sorted(unknown)}")
+    rows = bank_rows.append_column("_order", pa.array([order_key(seed, q) for q in ids], pa.string()))
+    parts = [rows.slice(0, 0)]
+    for lv in LEVEL_NAMES:
+        k = quotas.get(lv, 0)
+        in_level = rows.filter(pc.equal(rows["level"], lv))
+        if in_level.num_rows < k:
+            raise ValueError(f"draw: level {lv} has {in_level.num_rows} questions, quota {k}")
+        parts.append(in_level.sort_by("_order").slice(0, k))
+    return pa.concat_tables(parts).drop_columns(["_order"])
+
+
+# --- exclusions -----------------------------------------------------------------------------------------------
+def _benchmark_rows(path: str) -> Iterator[tuple[str | None, str | None]]:
+    """(question text, question id) of each row of a benchmark list; any unreadable row is an error, since a
+    silently skipped row would be a contamination leak."""
+    if Path(path).suffix == ".txt":
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                yield line, None
+        return
+    for raw in open_source(path).rows():
+        if raw.problem is not None:
+            raise ValueError(f"{path} row {raw.row}: {raw.problem[0]} ({raw.problem[1]})")
+        text, qid = raw.record.get("question"), raw.record.get("question_id")
+        if not text and not qid:
+            raise ValueError(f"{path} row {raw.row}: no `question` (or `question_id`); it has {sorted(raw.record)}")
+        yield text, qid
+
+
+def exclusion_ids(paths: Iterable[str]) -> set[str]:
+    """Question ids of benchmark questions, under both domains, so a question matches whatever pool it is in."""
+    ids: set[str] = set()
+    for path in paths:
+        for text, qid in _benchmark_rows(path):
+            if text:
+                ids.update(question_id(normalise_text(str(text)), domain) for domain in DOMAINS)
+            if qid:
+                ids.add(str(qid))
+    return ids
+
+
+def previous_sample_ids(paths: Iterable[str]) -> set[str]:
+    """Question ids of earlier sample outputs: samples.parquet files, or directories searched for them."""
+    ids: set[str] = set()
+    for path in map(Path, paths):
+        files = sorted(path.rglob("samples.parquet")) if path.is_dir() else [path]
+        if not files or not files[0].exists():
+            raise FileNotFoundError(f"no earlier sample at {path} (a samples.parquet file or a directory holding one)")
+        for f in files:
+            ids.update(pq.read_table(f, columns=["question_id"])["question_id"].to_pylist())
+    return ids
+
+
+def _drop(rows: pa.Table, mask: pa.ChunkedArray, reason: str, counts: dict[str, int]) -> pa.Table:
+    counts[reason] = pc.sum(mask).as_py() or 0
+    return rows.filter(pc.invert(mask))
+
+
+def exclude(rows: pa.Table, pool_ids: pa.Array, domains: list[str] | None,
+            drop_ids: dict[str, set[str]]) -> tuple[pa.Table, dict[str, int]]:
+    """Bank rows left to draw from, and how many rows each rule removed. A row counts under the first rule that
+    removes it: `not_in_pool`, `domain`, then the `drop_ids` sets in order (eval_set, benchmark, previous_sample)."""
+    counts: dict[str, int] = {}
+    rows = _drop(rows, pc.invert(pc.is_in(rows["question_id"], value_set=pool_ids)), "not_in_pool", counts)
+    if domains:
+        rows = _drop(rows, pc.invert(pc.is_in(rows["domain"], value_set=pa.array(domains))), "domain", counts)
+    for reason, ids in drop_ids.items():
+        value_set = pa.array(sorted(ids), pa.string())
+        rows = _drop(rows, pc.is_in(rows["question_id"], value_set=value_set), reason, counts)
+    return rows, counts
+
+
+# --- the driver -----------------------------------------------------------------------------------------------
+@dataclass
+class SampleReport:
+    student: str
+    grader_id: str
+    seed: int
+    requested: int
+    distribution: str
+    weights: dict[str, float]
+    available: dict[str, int]
+    quotas: dict[str, int]
+    excluded: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+    out_dir: str = ""
+
+    @property
+    def drawn(self) -> int:
+        return sum(self.quotas.values())
+
+    def lines(self) -> list[str]:
+        out = [f"student {self.student} (grader {self.grader_id}): drew {self.drawn} of {self.requested} questions "
+               f"by the {self.distribution} distribution, seed {self.seed} -> {self.out_dir}",
+               "  " + "level".ljust(15) + "weight".rjust(8) + "available".rjust(11) + "drawn".rjust(8)]
+        out += [f"  {lv.ljust(15)}{self.weights[lv]:8.3f}{self.available[lv]:11d}{self.quotas[lv]:8d}"
+                for lv in LEVEL_NAMES]
+        out.append("  excluded: " + (", ".join(f"{k} {v}" for k, v in self.excluded.items()) or "none"))
+        out += [f"  note: {note}" for note in self.notes]
+        return out
+
+
+def level_counts(rows: pa.Table) -> dict[str, int]:
+    counts = Counter(rows["level"].to_pylist())
+    unknown = set(counts) - set(LEVEL_NAMES)
+    if unknown:
+        raise schemas.SchemaError(f"bank rows with unknown level(s) {sorted(unknown)}")
+    return {lv: counts.get(lv, 0) for lv in LEVEL_NAMES}
+
+
+def with_questions(drawn: pa.Table, pool_dir: str | Path) -> pa.Table:
+    """The drawn bank rows with their question fields from the pool, as a SAMPLES table (row order kept)."""
+    ids = drawn["question_id"].combine_chunks()
+    pool = pads.dataset(str(Path(pool_dir) / "pool"), format="parquet", schema=schemas.POOL).to_table(
+        columns=["question_id", *QUESTION_FIELDS], filter=pc.field("question_id").isin(ids))
+    # A positional take, not Table.join: Arrow's hash join does not carry the nested `tests` struct.
+    index = {q: i for i, q in enumerate(pool["question_id"].to_pylist())}
+    if len(index) != pool.num_rows or len(index) != len(ids):
+        raise schemas.SchemaError(f"sample: {len(ids)} drawn questions matched {pool.num_rows} pool rows")
+    fields = pool.take(pa.array([index[q] for q in ids.to_pylist()], pa.int64()))
+    table = drawn
+    for name in QUESTION_FIELDS:
+        table = table.append_column(name, fields[name])
+    return table.select(schemas.SAMPLES.names).cast(schemas.SAMPLES)
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_outputs(out_dir: str | Path, table: pa.Table, dist: Distribution, report: SampleReport) -> None:
+    """samples.parquet, distribution.json, then sample_report.json (written last: its presence means done)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "samples.parquet", lambda p: pq.write_table(table, p))
+    save_distribution(dist, out / "distribution.json")
+    blob = {**asdict(report), "drawn": report.drawn}
+    _write_atomic(out / "sample_report.json", lambda p: p.write_text(json.dumps(blob, indent=2)))
+
+
+def _eval_note(dist: Distribution) -> list[str]:
+    p = dist.provenance
+    if dist.kind != "eval" or p["graded_eval_questions"] == p["eval_questions"]:
+        return []
+    return [f"P_eval from {p['graded_eval_questions']} of {p['eval_questions']} eval questions "
+            f"({p['eval_questions'] - p['graded_eval_questions']} not graded yet)"]
+
+
+def sample(bank_root: str | Path, pool_dir: str | Path, student: str, grader_id: str, config: SampleConfig,
+           out_dir: str | Path) -> SampleReport:
+    """Draw `config.n` questions of `pool_dir` from `student`'s bank partition and write them to `out_dir`."""
+    rows = bank.read_partition(bank_root, "bank", student, grader_id, BANK_COLUMNS)
+    if rows.num_rows == 0:
+        raise FileNotFoundError(f"no graded questions for {student} (grader {grader_id}) in {bank_root}; "
+                                "run `adaptcot grade` first (`adaptcot bank summary BANK` lists what is there)")
+    if not (Path(pool_dir) / "pool").is_dir():
+        raise FileNotFoundError(f"pool not found: {pool_dir} (create it with `adaptcot pool import`)")
+    dist = build_distribution(config.distribution, bank_root, student, grader_id)
+    drop_ids = {"eval_set": set(eval_pool_ids(config.distribution.eval_pool).to_pylist())} if dist.kind == "eval" \
+        else {}  # training on the eval set would be contamination too
+    drop_ids["benchmark"] = exclusion_ids(config.exclude)
+    drop_ids["previous_sample"] = previous_sample_ids(config.exclude_previous)
+    pool_ids = pads.dataset(str(Path(pool_dir) / "pool"), format="parquet", schema=schemas.POOL).to_table(
+        columns=["question_id"])["question_id"].combine_chunks()
+    rows, excluded = exclude(rows, pool_ids, config.domains, drop_ids)
+    available = level_counts(rows)
+    quotas, notes = allocate(dist.weights, available, config.n)
+    table = with_questions(draw(rows, quotas, config.seed), pool_dir)
+    report = SampleReport(student, grader_id, config.seed, config.n, dist.kind, dist.weights, available, quotas,
+                          excluded, _eval_note(dist) + notes, str(out_dir))
+    write_outputs(out_dir, table, dist, report)
+    return report

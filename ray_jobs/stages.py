@@ -1,0 +1,91 @@
+"""The job's later stages, each reading the previous one's output under `run_dir`: sample, teach (+ filter), SFT.
+
+    <run_dir>/samples/  samples.parquet, distribution.json, sample_report.json    (adaptcot sample)
+    <run_dir>/teach/    journal/, parts/ (every CoT as it arrived), cots.parquet (verified, with drop reasons),
+                        filter_report.json                                         (adaptcot teach)
+    <run_dir>/sft/      sft_records.parquet, sft_report.json                      (adaptcot build-sft)
+
+Each function takes the whole job config and uses its own section; `adaptcot run` calls them in order after
+grading, and the CLI calls them one at a time. Teach and filter need Ray (an in-cluster teacher, filter actors).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.parquet as pq
+
+from adaptcot import sampling, sft_data, teacher
+from adaptcot.config import JobConfig, resolve_grade, resolve_teacher
+from adaptcot.cot_filter import QUESTION_COLUMNS, CoTFilterActor, FilterConfig, FilterReport, endpoint_judge
+
+
+def samples_path(cfg: JobConfig) -> Path:
+    return cfg.path("samples") / "samples.parquet"
+
+
+def run_sample(cfg: JobConfig) -> sampling.SampleReport:
+    grade = resolve_grade(cfg)
+    return sampling.sample(grade.bank, grade.pool, grade.student.display_name, grade.grader_id(), cfg.sample,
+                           cfg.path("samples"))
+
+
+def filter_cots_on_ray(cots: pa.Table, samples: pa.Table, config: FilterConfig) -> pa.Table:
+    """Verify every stored CoT with filter actors (math-verify processes, warm sandboxes); one row per CoT."""
+    import ray
+
+    if cots.num_rows == 0:
+        return cots
+    index = {q: i for i, q in enumerate(samples["question_id"].to_pylist())}
+    # A positional take, not Table.join: the join does not carry the nested `tests` struct.
+    questions = samples.select(list(QUESTION_COLUMNS)).take([index[q] for q in cots["question_id"].to_pylist()])
+    joined = cots.drop_columns(["domain"])
+    for name in QUESTION_COLUMNS[1:]:
+        joined = joined.append_column(name, questions[name])
+    judge = functools.partial(endpoint_judge, config.judge) if config.judge else None
+    out = ray.data.from_arrow(joined).map_batches(
+        CoTFilterActor, fn_constructor_kwargs={"config": config, "judge_factory": judge},
+        concurrency=config.concurrency, num_cpus=config.num_cpus, batch_size=64, batch_format="pyarrow")
+    table = pa.concat_tables([ray.get(ref) for ref in out.to_arrow_refs()])
+    if table.num_rows != cots.num_rows:
+        raise RuntimeError(f"filter: {cots.num_rows} CoTs in, {table.num_rows} out")
+    return table.sort_by([("question_id", "ascending"), ("sample_index", "ascending")])
+
+
+def run_teach(cfg: JobConfig) -> dict:
+    """Generate the CoTs still missing, then verify all stored ones into `teach/cots.parquet`."""
+    out, teacher_cfg = cfg.path("teach"), resolve_teacher(cfg)
+    report = teacher.teach(samples_path(cfg), teacher_cfg, out)
+    samples = pq.read_table(samples_path(cfg))
+    stored = teacher.collect(out)
+    # CoTs of questions no longer in the sample (it was redrawn), or from other prompts or sampling settings, stay
+    # stored for later but are not used now.
+    pc = pa.compute
+    in_sample = pc.and_(pc.is_in(stored["question_id"], value_set=samples["question_id"].combine_chunks()),
+                        pc.and_(pc.equal(stored["teacher"], teacher_cfg.name),
+                                pc.equal(stored["sampling_key"], teacher_cfg.sampling_key())))
+    filtered = filter_cots_on_ray(stored.filter(in_sample), samples, cfg.filter)
+    _write_atomic(out / "cots.parquet", lambda tmp: pq.write_table(filtered, tmp))
+    kept = FilterReport.of(filtered)
+    _write_atomic(out / "filter_report.json", lambda tmp: Path(tmp).write_text(json.dumps(
+        {"teach": report.__dict__, "filter": kept.__dict__}, indent=2, default=dict)))
+    return {"teach": report, "filter": kept}
+
+
+def run_build_sft(cfg: JobConfig) -> sft_data.SFTReport:
+    cots = pq.read_table(cfg.path("teach") / "cots.parquet")
+    table, report = sft_data.build_sft(cots, pq.read_table(samples_path(cfg)), cfg.sft)
+    sft_data.write_records(table, cfg.path("sft"), report)
+    return report
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(str(tmp))
+    os.replace(tmp, path)

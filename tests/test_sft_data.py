@@ -1,0 +1,202 @@
+"""SFT records from hand-built teacher CoTs: which CoTs are used, trace styles, CasCoD splits, ids, Parquet output."""
+
+import json
+
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+
+from adaptcot.answering import StudentConfig, build_messages
+from adaptcot.schemas import SAMPLES, SFT_RECORDS, TEACHER_COTS
+from adaptcot.sft_data import CAP_MARKER, SFTConfig, build_records, build_sft, split_answer_text, write_records
+
+MATH_Q = "What is 2 + 3 * 4?"
+MATH_REASONING = "First multiply: 3 * 4 = 12. Then add 2: 2 + 12 = 14. So the result is 14."
+MATH_ANSWER = "Multiplication comes first, so 2 + 12 = 14.\n\nThe answer is $\\boxed{14}$."
+CODE_Q = "Read two integers and print their sum."
+CODE_REASONING = "I need to read a line, split it, convert both parts to int and print the sum."
+PROGRAM = "a, b = map(int, input().split())\nprint(a + b)"
+CODE_ANSWER = f"Here is the solution.\n\n```python\n{PROGRAM}\n```\n"
+STDIN_TESTS = {"kind": "stdin_stdout", "cases": [{"input": "1 2\n", "output": "3\n"}], "fn_name": None,
+               "test_code": None, "entry_point": None}
+
+
+def question(qid, domain, text, tests=None, starter=None):
+    return {"question_id": qid, "domain": domain, "student": "s", "grader_id": "g", "level": "easy",
+            "difficulty_rank": 0, "question": text, "reference_answer": "14" if domain == "math" else None,
+            "tests": tests, "starter_code": starter}
+
+
+def cot(qid, domain, reasoning, answer, teacher="r1", index=0, correct=True, drop_reason=None):
+    return {"question_id": qid, "domain": domain, "teacher": teacher, "sampling_key": "k1", "sample_index": index,
+            "level": "wrong_mid", "reasoning": reasoning, "answer_text": answer, "prompt_tokens": 10,
+            "completion_tokens": 100, "finish_reason": "stop", "cost_usd": 0.0, "error": None,
+            "verdict": "passed" if correct else "wrong_answer", "correct": correct, "verify_detail": "",
+            "drop_reason": drop_reason}
+
+
+@pytest.fixture
+def questions():
+    return pa.Table.from_pylist([question("m1", "math", MATH_Q), question("c1", "code", CODE_Q, STDIN_TESTS)],
+                                schema=SAMPLES)
+
+
+@pytest.fixture
+def cots():
+    return pa.Table.from_pylist([
+        cot("m1", "math", MATH_REASONING, MATH_ANSWER),
+        cot("c1", "code", CODE_REASONING, CODE_ANSWER),
+        cot("m1", "math", MATH_REASONING, "The answer is \\boxed{15}.", index=1, correct=False,
+            drop_reason="wrong_answer"),
+        cot("m1", "math", None, None, index=2, correct=None, drop_reason="error"),
+        cot("m1", "math", MATH_REASONING, "\\boxed{13}", index=3, correct=False),  # not marked dropped, still wrong
+    ], schema=TEACHER_COTS)
+
+
+def records_of(table, kind, qid):
+    rows = [r for r in table.to_pylist() if r["kind"] == kind and r["question_id"] == qid]
+    assert len(rows) == 1
+    return rows[0]["messages"]
+
+
+def test_only_kept_correct_cots_become_records(cots, questions):
+    table, report = build_sft(cots, questions, SFTConfig(formats=["cot", "cascod"]))
+    assert table.schema.equals(SFT_RECORDS, check_metadata=True)
+    assert sorted((r["question_id"], r["kind"]) for r in table.to_pylist()) == sorted(
+        (q, k) for q in ("m1", "c1") for k in ("cot", "cascod_rationale", "cascod_answer"))
+    assert {(r["level"], r["teacher"]) for r in table.to_pylist()} == {("wrong_mid", "r1")}
+    assert (report.cots_in, report.cots_used) == (5, 2)
+    assert report.skipped == {"wrong_answer": 2, "error": 1}
+
+
+def test_trace_keep_strip_cap(cots, questions):
+    keep = records_of(build_records(cots, questions, SFTConfig()), "cot", "m1")[-1]["content"]
+    assert keep == f"<think>\n{MATH_REASONING}\n</think>\n\n{MATH_ANSWER}"
+    strip = records_of(build_records(cots, questions, SFTConfig(trace="strip")), "cot", "m1")[-1]["content"]
+    assert strip == MATH_ANSWER
+    cap = records_of(build_records(cots, questions, SFTConfig(trace="cap", cap_words=4)), "cot", "m1")[-1]["content"]
+    assert cap == f"<think>\nFirst multiply: 3 *{CAP_MARKER}\n</think>\n\n{MATH_ANSWER}"
+
+
+def test_cap_leaves_short_reasoning_whole(cots, questions):
+    table = build_records(cots, questions, SFTConfig(trace="cap", cap_words=1000))
+    assert CAP_MARKER not in records_of(table, "cot", "m1")[-1]["content"]
+
+
+def test_cap_needs_cap_words():
+    with pytest.raises(ValidationError, match="cap_words"):
+        SFTConfig(trace="cap")
+    with pytest.raises(ValidationError, match="cap_words"):
+        SFTConfig(trace="keep", cap_words=10)
+    with pytest.raises(ValidationError, match="rationale"):
+        SFTConfig(rationale_prompt="{prompt} Answer now.")
+
+
+def test_no_separate_reasoning_gives_the_answer_alone(questions):
+    cots = pa.Table.from_pylist([cot("m1", "math", "", MATH_ANSWER)], schema=TEACHER_COTS)
+    assert records_of(build_records(cots, questions, SFTConfig()), "cot", "m1")[-1]["content"] == MATH_ANSWER
+
+
+def test_cascod_math_rationale_and_answer(cots, questions):
+    table = build_records(cots, questions, SFTConfig(formats=["cascod"]))
+    rationale = records_of(table, "cascod_rationale", "m1")
+    assert rationale[-1]["content"] == MATH_REASONING
+    assert "\\boxed" not in rationale[-1]["content"] and "<think>" not in rationale[-1]["content"]
+    answer = records_of(table, "cascod_answer", "m1")
+    assert MATH_Q in answer[0]["content"] and MATH_REASONING in answer[0]["content"]
+    assert answer[-1]["content"] == MATH_ANSWER and "\\boxed{14}" in answer[-1]["content"]
+
+
+def test_cascod_code_answer_is_the_program_block(cots, questions):
+    table = build_records(cots, questions, SFTConfig(formats=["cascod"]))
+    assert records_of(table, "cascod_rationale", "c1")[-1]["content"] == CODE_REASONING
+    answer = records_of(table, "cascod_answer", "c1")
+    assert CODE_Q in answer[0]["content"] and CODE_REASONING in answer[0]["content"]
+    assert answer[-1]["content"] == f"```python\n{PROGRAM}\n```"
+
+
+def test_cascod_split_of_answer_text_without_reasoning(questions):
+    math_text = "Multiply first: 3 * 4 = 12.\nThen 2 + 12 = 14.\nSo the answer is $\\boxed{14}$."
+    code_text = f"Sum the two numbers.\n```python\n{PROGRAM}\n```\nDone."
+    cots = pa.Table.from_pylist([cot("m1", "math", None, math_text), cot("c1", "code", "", code_text),
+                                 cot("m1", "math", "", "\\boxed{14}", index=1)], schema=TEACHER_COTS)
+    table, report = build_sft(cots, questions, SFTConfig(formats=["cot", "cascod"]))
+    rationale = records_of(table, "cascod_rationale", "m1")[-1]["content"]
+    assert rationale == "Multiply first: 3 * 4 = 12.\nThen 2 + 12 = 14."
+    assert records_of(table, "cascod_answer", "m1")[-1]["content"] == "So the answer is $\\boxed{14}$."
+    assert records_of(table, "cascod_rationale", "c1")[-1]["content"] == "Sum the two numbers."
+    assert records_of(table, "cascod_answer", "c1")[-1]["content"] == f"```python\n{PROGRAM}\n```"
+    assert report.no_cascod_split == 1  # the bare "\boxed{14}" has no rationale to split off; its `cot` record stays
+    assert report.by_kind == {"cot": 3, "cascod_rationale": 2, "cascod_answer": 2}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("x = 3. Thus x + 1 = 4. The answer is \\boxed{4}.", ("x = 3. Thus x + 1 = 4.", "The answer is \\boxed{4}.")),
+    ("We get 3.5 as the mean, so \\boxed{3.5}", None),  # "3.5" is no sentence end: nothing before the answer
+    ("Try 1, then 2.\n\n**Final Answer**\n\\[\\boxed{2}\\]",  # a heading before the answer line stays in r
+     ("Try 1, then 2.\n\n**Final Answer**", "\\[\\boxed{2}\\]")),
+    ("No boxed answer at all.", None),
+])
+def test_split_math_answer_text(text, expected):
+    assert split_answer_text("math", text) == expected
+
+
+def test_strip_with_cascod_splits_the_answer_text(cots, questions):
+    table = build_records(cots, questions, SFTConfig(formats=["cascod"], trace="strip"))
+    assert records_of(table, "cascod_rationale", "m1")[-1]["content"] == "Multiplication comes first, so 2 + 12 = 14."
+    assert records_of(table, "cascod_answer", "m1")[-1]["content"] == "The answer is $\\boxed{14}$."
+
+
+def test_record_ids_are_stable_and_unique(cots, questions):
+    config = SFTConfig(formats=["cot", "cascod"])
+    first = build_records(cots, questions, config).column("record_id").to_pylist()
+    again = build_records(cots, questions, SFTConfig(formats=["cot", "cascod"], trace="strip"))
+    assert first == again.column("record_id").to_pylist()
+    assert len(set(first)) == len(first) == 6
+    assert first[0] == "21724dca126b7b0b6488b3dfafae547f"  # pinned: a change breaks resumable and joined datasets
+
+
+def test_duplicated_cot_or_missing_question_fails_loudly(cots, questions):
+    doubled = pa.concat_tables([cots.slice(0, 1), cots.slice(0, 1)])
+    with pytest.raises(ValueError, match="duplicated"):
+        build_records(doubled, questions, SFTConfig())
+    with pytest.raises(ValueError, match="no math question"):
+        build_records(cots, questions.slice(1), SFTConfig())
+
+
+def test_user_turn_is_the_grading_prompt(cots):
+    starter = "def solve():\n    pass"
+    questions = pa.Table.from_pylist([question("m1", "math", MATH_Q),
+                                      question("c1", "code", CODE_Q, STDIN_TESTS, starter)], schema=SAMPLES)
+    student = StudentConfig(model="student", system_prompt="You are careful.")
+    table = build_records(cots, questions, SFTConfig(formats=["cot", "cascod"], system_prompt="You are careful."))
+    for row in questions.to_pylist():
+        graded = build_messages({**row, "tests_json": json.dumps(row["tests"]) if row["tests"] else None}, student)
+        for kind in ("cot", "cascod_rationale"):
+            assert records_of(table, kind, row["question_id"])[:2] == graded
+    assert starter in records_of(table, "cot", "c1")[1]["content"]
+
+
+def test_parquet_loads_with_datasets(cots, questions, tmp_path):
+    from datasets import load_dataset
+
+    table, report = build_sft(cots, questions, SFTConfig(formats=["cot", "cascod"]))
+    path = write_records(table, tmp_path / "sft", report)
+    assert path == tmp_path / "sft" / "sft_records.parquet"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["sft_records.parquet", "sft_report.json"]
+    ds = load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
+    assert ds.num_rows == 6 and set(ds.column_names) == set(SFT_RECORDS.names)
+    for messages in ds["messages"]:
+        assert all(set(m) == {"role", "content"} for m in messages)
+        assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert ds.filter(lambda r: r["kind"] == "cascod_answer").num_rows == 2
+    summary = json.loads((tmp_path / "sft" / "sft_report.json").read_text())
+    assert summary["skipped"] == {"error": 1, "wrong_answer": 2} and summary["cots_used"] == 2
+    assert summary["by_level"] == {"wrong_mid": {"cot": 2, "cascod_rationale": 2, "cascod_answer": 2}}
+    assert any("skipped" in line for line in report.lines())
+
+
+def test_report_without_cots_says_so(cots, questions, tmp_path):
+    write_records(build_records(cots, questions, SFTConfig()), tmp_path)
+    summary = json.loads((tmp_path / "sft_report.json").read_text())
+    assert (summary["cots_in"], summary["skipped"], summary["by_kind"]) == (None, None, {"cot": 2})
