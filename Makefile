@@ -20,6 +20,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/pool_import.py
 	$(VENV)/bin/python benchmarks/sandbox_throughput.py
 	$(VENV)/bin/python benchmarks/grade_throughput.py
+	$(VENV)/bin/python benchmarks/teacher_client.py
 
 clean:
 	rm -rf runs .pytest_cache

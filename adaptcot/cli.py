@@ -9,6 +9,7 @@
   adaptcot sample --config C        draw questions from the student's bank by a difficulty distribution
   adaptcot teach --config C         teacher CoTs for the sample (resumable), verified and filtered
   adaptcot build-sft --config C     SFT records (standard CoT and/or CasCoD) from the kept CoTs
+  adaptcot train --config C         fine-tune the student on the SFT records (Ray Train), export the model
   adaptcot run --config configs/local.yaml [--set KEY=VALUE ...]
 """
 
@@ -99,13 +100,13 @@ def cmd_bank(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    """sample / teach / build-sft: one stage of the job config, reading the previous stage's output."""
+    """sample / teach / build-sft / train: one stage of the job config, reading the previous stage's output."""
     from adaptcot import runtime
     from adaptcot.config import load_config
     from ray_jobs import stages
 
     job = load_config(args.config, args.overrides)
-    section = {"sample": "sample", "teach": "teacher", "build-sft": "sft"}[args.command]
+    section = {"sample": "sample", "teach": "teacher", "build-sft": "sft", "train": "train"}[args.command]
     if getattr(job, section) is None:
         raise ValueError(f"{args.config} has no `{section}` section")
     if args.command == "sample":
@@ -114,6 +115,12 @@ def cmd_stage(args: argparse.Namespace) -> int:
         runtime.init_ray(job.ray)
         result = stages.run_teach(job)
         print("\n".join(result["teach"].lines() + result["filter"].lines()))
+    elif args.command == "train":
+        from adaptcot.sft_train import DataReport
+
+        runtime.init_ray(job.ray)
+        report = stages.run_train(job)
+        print("\n".join(DataReport(**report.data).lines() + report.lines()))
     else:
         print("\n".join(stages.run_build_sft(job).lines()))
     return 0
@@ -189,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in (("sample", "draw questions from the student's bank by a difficulty distribution"),
                        ("teach", "teacher CoTs for the sample (resumable), verified and filtered"),
-                       ("build-sft", "SFT records (standard CoT and/or CasCoD) from the kept CoTs")):
+                       ("build-sft", "SFT records (standard CoT and/or CasCoD) from the kept CoTs"),
+                       ("train", "fine-tune the student on the SFT records with Ray Train; export the model")):
         stage = sub.add_parser(name, help=text)
         stage.add_argument("--config", required=True, help="a job config with the stage's section")
         stage.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -18,6 +18,7 @@ from adaptcot.grading import GradeConfig
 from adaptcot.pool_presets import resolve_mapping
 from adaptcot.sampling import SampleConfig
 from adaptcot.sft_data import SFTConfig
+from adaptcot.sft_train import TrainConfig
 from adaptcot.teacher import TeacherConfig
 
 
@@ -77,12 +78,18 @@ class JobConfig(Strict):
     teacher: TeacherConfig | None = None
     filter: FilterConfig = FilterConfig()
     sft: SFTConfig | None = None
+    train: TrainConfig | None = None  # fine-tunes the student on the SFT records (Ray Train)
 
     @model_validator(mode="after")
     def _stages_have_their_inputs(self):
         for stage, needs in (("sample", "grade"), ("teacher", "sample"), ("sft", "teacher")):
             if getattr(self, stage) is not None and getattr(self, needs) is None:
                 raise ValueError(f"a `{stage}` section needs a `{needs}` section (it reads that stage's output)")
+        if self.train is not None:
+            if self.train.data is None and self.sft is None:
+                raise ValueError("a `train` section needs `train.data` or an `sft` section (it reads its records)")
+            if self.train.model is None and self.grade is None:
+                raise ValueError("a `train` section needs `train.model` or a `grade` section (whose student it trains)")
         return self
 
     def path(self, relative: str) -> Path:
@@ -120,6 +127,17 @@ def resolve_teacher(cfg: JobConfig) -> TeacherConfig:
         return cfg.teacher
     model = cfg.teacher.vllm.model.replace("{run_dir}", cfg.run_dir)
     return cfg.teacher.model_copy(update={"vllm": cfg.teacher.vllm.model_copy(update={"model": model})})
+
+
+def resolve_train(cfg: JobConfig) -> tuple[TrainConfig, str, str]:
+    """(train section with the model filled in, SFT records path, output dir): the job's own by default."""
+    if cfg.train is None:
+        raise ConfigError("the config has no `train` section")
+    model = cfg.train.model if cfg.train.model is not None else resolve_grade(cfg).student.model
+    data = cfg.train.data.replace("{run_dir}", cfg.run_dir) if cfg.train.data else \
+        str(cfg.path("sft") / "sft_records.parquet")
+    return (cfg.train.model_copy(update={"model": model.replace("{run_dir}", cfg.run_dir)}), data,
+            str(cfg.path(cfg.train.out)))
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -166,6 +166,8 @@ SFT_RECORDS = _tagged("sft_records", [
     pa.field("record_id", pa.string(), nullable=False),
     pa.field("question_id", pa.string(), nullable=False),
     pa.field("kind", pa.string(), nullable=False),  # one of SFT_RECORD_KINDS
+    # The teacher CoT the record was made from: a CasCoD rationale record and its answer record share it.
+    pa.field("cot_id", pa.string()),
     pa.field("messages", pa.list_(CHAT_MESSAGE), nullable=False),
     pa.field("level", pa.string()),
     pa.field("teacher", pa.string()),

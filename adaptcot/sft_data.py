@@ -176,6 +176,7 @@ def cot_records(cot: dict, question: dict, config: SFTConfig) -> list[dict]:
         answer_turn = config.rationale_prompt.format(prompt=prompt, question=question["question"], rationale=rationale)
         turns += [("cascod_rationale", prompt, rationale), ("cascod_answer", answer_turn, final)]
     return [{"record_id": record_id(kind, cot), "question_id": cot["question_id"], "kind": kind,
+             "cot_id": record_id("cot_id", cot),
              "messages": system + [{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
              "level": cot["level"], "teacher": cot["teacher"]} for kind, user, reply in turns]
 

@@ -1,5 +1,5 @@
 """The whole adaptcot job on Ray: tiny models (local default), raw pool, pool import, grading, sampling, teacher
-CoTs and their filter, SFT records; each stage runs when its config section is present.
+CoTs and their filter, SFT records, SFT training; each stage runs when its config section is present.
 
 Run:  python ray_jobs/pipeline.py --config configs/local.yaml [--set key=value ...]
   or: adaptcot run --config configs/local.yaml
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from adaptcot import runtime
-from adaptcot import grading
+from adaptcot import grading, sft_train
 from adaptcot.config import JobConfig, load_config, resolve_grade
 from adaptcot.pool_import import ImportReport, PoolImportConfig, import_pool_remote
 from adaptcot.pool_sources import open_source
@@ -103,6 +103,17 @@ def main(cfg: JobConfig) -> dict:
         built = stages.run_build_sft(cfg)
         print("[sft]\n" + "\n".join("  " + line for line in built.lines()))
         summary["stages"]["sft"] = built.as_dict()
+    if cfg.train is not None and cfg.train.data is None and cfg.sft is not None and \
+            not sum(built.by_kind.get(kind, 0) for kind in cfg.train.kinds()):
+        # Only here, where the job made the records itself: `adaptcot train` on an empty dataset is an error.
+        print(f"[train] skipped: the SFT stage made no {cfg.train.objective} records (see [teach] for why CoTs were "
+              "dropped)")
+        summary["stages"]["train"] = {"skipped": "no SFT records"}
+    elif cfg.train is not None:
+        trained = stages.run_train(cfg)
+        print("[train]\n" + "\n".join("  " + line for line in
+                                        sft_train.DataReport(**trained.data).lines() + trained.lines()))
+        summary["stages"]["train"] = trained.as_dict()
     summary["seconds"] = round(time.time() - started, 1)
     (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
     print(f"[done] {summary['seconds']} s; summary in {run_dir / 'run_summary.json'}")

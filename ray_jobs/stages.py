@@ -4,6 +4,8 @@
     <run_dir>/teach/    journal/, parts/ (every CoT as it arrived), cots.parquet (verified, with drop reasons),
                         filter_report.json                                         (adaptcot teach)
     <run_dir>/sft/      sft_records.parquet, sft_report.json                      (adaptcot build-sft)
+    <run_dir>/train/    model/ (Hugging Face format), metrics.jsonl, train_report.json, ray/ (checkpoints),
+                        data/ (the tokenised training order)                        (adaptcot train)
 
 Each function takes the whole job config and uses its own section; `adaptcot run` calls them in order after
 grading, and the CLI calls them one at a time. Teach and filter need Ray (an in-cluster teacher, filter actors).
@@ -20,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
-from adaptcot import sampling, sft_data, teacher
-from adaptcot.config import JobConfig, resolve_grade, resolve_teacher
+from adaptcot import sampling, sft_data, sft_train, teacher
+from adaptcot.config import JobConfig, resolve_grade, resolve_teacher, resolve_train
 from adaptcot.cot_filter import QUESTION_COLUMNS, CoTFilterActor, FilterConfig, FilterReport, endpoint_judge
 
 
@@ -82,6 +84,12 @@ def run_build_sft(cfg: JobConfig) -> sft_data.SFTReport:
     table, report = sft_data.build_sft(cots, pq.read_table(samples_path(cfg)), cfg.sft)
     sft_data.write_records(table, cfg.path("sft"), report)
     return report
+
+
+def run_train(cfg: JobConfig) -> sft_train.TrainReport:
+    """Fine-tune the student on the SFT records with Ray Train (Ray must be initialised)."""
+    train_cfg, data, out = resolve_train(cfg)
+    return sft_train.train(train_cfg, data, out)
 
 
 def _write_atomic(path: Path, write) -> None:

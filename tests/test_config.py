@@ -33,6 +33,9 @@ def test_overrides_reach_nested_fields():
     ("tiny_models.sed=1", "tiny_models.sed"),
     ("pool.imports=[{sources: [a.jsonl], domain: maths}]", "pool.imports.0.domain"),
     ("pool.imports=[{sources: [a.jsonl], domain: math, preset: gsm9k}]", "pool.imports.0"),
+    ("train.per_device_batch_size=3", "train"),  # joint CasCoD pairs need an even micro-batch
+    ("train.cascod.alpha=2", "train.cascod.alpha"),
+    ("train.batching=bucketed", "train.batching"),
 ])
 def test_bad_values_fail_naming_the_field(override, field):
     with pytest.raises(ConfigError) as e:
@@ -74,3 +77,18 @@ def test_stage_sections_need_the_stage_they_read(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="distribution"):
         load_config(local, ["sample.distribution.weights.easy=0.5"])  # no longer decreasing
+
+
+def test_train_section_needs_records_and_a_model(tmp_path):
+    import yaml
+
+    from adaptcot.config import ConfigError, load_config
+
+    data = {"run_dir": str(tmp_path / "run"), "train": {"model": "m"}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="`train` section needs `train.data` or an `sft` section"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({**data, "train": {"data": "x.parquet"}}))
+    with pytest.raises(ConfigError, match="`train.model` or a `grade` section"):
+        load_config(path)

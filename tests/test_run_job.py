@@ -44,6 +44,9 @@ def test_local_job_builds_models_imports_and_grades_and_reruns_add_nothing(tmp_p
     samples = pq.read_table(run_dir / "samples" / "samples.parquet")
     assert samples.num_rows == 38 and set(samples["level"].to_pylist()) <= set(grade["levels"])
     assert (run_dir / "sft" / "sft_records.parquet").exists()
+    # Random tiny models: no CoT is kept, so the job says training had nothing to train on (tests/test_sft_train.py
+    # trains for real).
+    assert summary["stages"]["train"] == {"skipped": "no SFT records"} and "[train] skipped" in first.stdout
 
     again = run_job(run_dir)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -1,0 +1,292 @@
+"""SFT training: assistant-only labels, packing that keeps examples apart, the CasCoD loss, the training order, bad
+datasets caught before workers start, and (slow) real Ray Train runs: the loss falls, the exported model loads in
+vLLM, a killed run resumes from its checkpoint, CasCoD reports both losses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from adaptcot.schemas import SFT_RECORDS, SchemaError
+from adaptcot.sft_train import (DatasetError, SFTCollator, TrainConfig, cascod_pairs, padding_fraction,
+                                per_kind_losses, prepare, tokenize_records, training_order)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def records(n: int = 12, kinds=("cot", "cascod_rationale", "cascod_answer"), long_every: int = 0) -> pa.Table:
+    """SFT records of arithmetic questions, in the shape `sft_data.build_sft` writes."""
+    rows = []
+    for i in range(n):
+        a, b = i + 3, 2 * i + 1
+        question = f"What is {a} + {b}? Put the final answer in \\boxed{{}}."
+        work = f"{a} + {b} = {a + b}" + (" and so on" * 200 if long_every and i % long_every == 0 else "")
+        turns = {"cot": (question, f"<think>\n{work}\n</think>\n\nThe answer is \\boxed{{{a + b}}}."),
+                 "cascod_rationale": (question, work),
+                 "cascod_answer": (f"{question}\n\nReasoning:\n{work}\n\nGive the final answer.",
+                                   f"The answer is \\boxed{{{a + b}}}.")}
+        for kind in kinds:
+            user, reply = turns[kind]
+            rows.append({"record_id": f"{kind}-{i}", "question_id": f"q{i}", "kind": kind, "cot_id": f"cot{i}",
+                         "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
+                         "level": "wrong_mid", "teacher": "t"})
+    return pa.Table.from_pylist(rows, schema=SFT_RECORDS)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_models_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_models_dir["student"])
+
+
+@pytest.fixture(scope="module")
+def student(tiny_models_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_models_dir["student"], dtype=torch.float32).eval()
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(model="unused", **{"max_seq_len": 512, "per_device_batch_size": 4, "epochs": 1, **kw})
+
+
+# --- labels, packing, loss -------------------------------------------------------------------------------------------
+def test_loss_is_on_the_assistant_turn_only(tokenizer):
+    table, report = tokenize_records(records(1, kinds=("cot",)), tokenizer, cfg())
+    ids, prompt = table["input_ids"][0].as_py(), table["prompt_tokens"][0].as_py()
+    batch = SFTCollator(pad_id=0, packed=False)([{"input_ids": ids, "prompt_tokens": prompt, "kind": 0}])
+    labels = batch["labels"][0].tolist()
+    trained = [t for t in labels if t != -100]
+    assert labels[:prompt] == [-100] * prompt and len(trained) == len(ids) - prompt
+    reply = "<think>\n3 + 1 = 4\n</think>\n\nThe answer is \\boxed{4}."
+    assert tokenizer.decode(trained) == reply + "<|im_end|>\n"  # the end of turn is learnt: the model must stop
+    assert "What is 3 + 1" in tokenizer.decode(ids[:prompt]) and "<|im_start|>assistant" in tokenizer.decode(
+        ids[:prompt])
+    assert report.target_tokens == len(trained) and report.used == 1
+
+
+def test_packing_keeps_examples_apart_and_matches_padding(tokenizer, student):
+    import torch
+
+    table, _ = tokenize_records(records(3, kinds=("cot",)), tokenizer, cfg())
+    examples = [{"input_ids": r["input_ids"], "prompt_tokens": r["prompt_tokens"], "kind": 0}
+                for r in table.to_pylist()]
+    with torch.no_grad():
+        alone = [student(torch.tensor([ex["input_ids"]])).logits[0] for ex in examples]
+        packed = SFTCollator(pad_id=0, packed=True)(examples)
+        assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+        # use_cache=False as in training: with a KV cache transformers does not look for packed sequences.
+        packed_logits = student(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
+                                use_cache=False).logits[0]
+        padded = SFTCollator(pad_id=0, packed=False)(examples)
+        padded_logits = student(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+    start = 0
+    for j, logits in enumerate(alone):
+        n = logits.shape[0]
+        # Without the block-diagonal mask the 2nd and 3rd examples would attend to the ones before them.
+        torch.testing.assert_close(packed_logits[start:start + n], logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(padded_logits[j, :n], logits, atol=1e-4, rtol=1e-4)
+        start += n
+
+
+def test_cascod_joint_loss_weights_the_two_objectives(tokenizer, student):
+    import torch
+
+    table, _ = tokenize_records(records(2, kinds=("cascod_rationale", "cascod_answer")), tokenizer,
+                                cfg(objective="cascod"))
+    codes = {"cascod_rationale": 1, "cascod_answer": 2}
+    examples = [{"input_ids": r["input_ids"], "prompt_tokens": r["prompt_tokens"], "kind": codes[r["kind"]]}
+                for r in table.to_pylist()]
+    collate = SFTCollator(pad_id=0, packed=True)
+    with torch.no_grad():
+        batch = collate(examples)
+        both = per_kind_losses(student(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                                       use_cache=False).logits, batch["labels"], batch["token_kind"])
+        for code in (1, 2):  # each objective's loss equals the model's own loss on that objective's records alone
+            only = collate([ex for ex in examples if ex["kind"] == code])
+            expected = student(input_ids=only["input_ids"], position_ids=only["position_ids"],
+                               labels=only["labels"], use_cache=False).loss
+            torch.testing.assert_close(both[code], expected, atol=1e-5, rtol=1e-5)
+    assert set(both) == {1, 2} and abs(float(both[1] - both[2])) > 1e-3
+
+
+# --- the training order ----------------------------------------------------------------------------------------------
+def test_order_is_seeded_and_covers_every_epoch(tokenizer):
+    tokens, _ = tokenize_records(records(10, kinds=("cot",)), tokenizer, cfg())
+    a = training_order(tokens, cfg(epochs=3, seed=1))
+    assert a.equals(training_order(tokens, cfg(epochs=3, seed=1)))
+    assert not a["record_id"].equals(training_order(tokens, cfg(epochs=3, seed=2))["record_id"])
+    ids = a["record_id"].to_pylist()
+    assert len(ids) == 30 and all(sorted(ids[e * 10:(e + 1) * 10]) == sorted(set(ids)) for e in range(3))
+
+
+def test_cascod_joint_pairs_share_micro_batches_and_two_phase_orders_phases(tokenizer):
+    table = records(9, kinds=("cascod_rationale", "cascod_answer"))
+    joint = cfg(objective="cascod", per_device_batch_size=4)
+    order, _ = prepare(table, tokenizer, joint)
+    kinds = order["kind"].to_pylist()
+    qs = [r.split("-")[1] for r in order["record_id"].to_pylist()]
+    for s in range(0, len(kinds), 2):
+        assert kinds[s:s + 2] == ["cascod_rationale", "cascod_answer"] and qs[s] == qs[s + 1]
+    phased, _ = prepare(table, tokenizer, cfg(objective="cascod", cascod={"mode": "two_phase"}, epochs=2))
+    assert phased["kind"].to_pylist() == ["cascod_rationale"] * 18 + ["cascod_answer"] * 18
+    assert phased["phase"].to_pylist() == [0] * 18 + [1] * 18
+    assert cascod_pairs(table)["cascod_rationale-4"] == "cascod_answer-4"
+
+
+def test_grouping_cuts_padding_and_packing_removes_it(tokenizer):
+    table = records(64, kinds=("cot",), long_every=4)  # a quarter of the records are ~10x longer
+    fractions = {}
+    for batching in ("plain", "grouped", "packed"):
+        order, report = prepare(table, tokenizer, cfg(batching=batching, max_seq_len=4096, seed=3))
+        lengths = [len(x) for x in order["input_ids"].to_pylist()]
+        assert report.padding_fraction == pytest.approx(padding_fraction(lengths, cfg(batching=batching)), abs=1e-4)
+        fractions[batching] = report.padding_fraction
+    assert fractions["plain"] > 0.4 and fractions["grouped"] < fractions["plain"] / 3 and fractions["packed"] == 0
+
+
+# --- bad datasets fail before any worker starts ----------------------------------------------------------------------
+def test_too_long_records_are_counted_or_fail(tokenizer):
+    table = records(8, kinds=("cot",), long_every=2)
+    _, report = prepare(table, tokenizer, cfg(max_seq_len=200))
+    assert (report.too_long, report.used) == (4, 4)
+    assert "4 longer than max_seq_len" in report.lines()[0]
+    with pytest.raises(DatasetError, match="4 of 8 records are longer than max_seq_len 200"):
+        prepare(table, tokenizer, cfg(max_seq_len=200, too_long="fail"))
+
+
+def test_missing_columns_and_nothing_to_train_on(tokenizer):
+    with pytest.raises(SchemaError, match="messages"):
+        prepare(records(4).drop_columns(["messages"]), tokenizer, cfg())
+    with pytest.raises(DatasetError, match="no record left to train on"):
+        prepare(records(4, kinds=("cot",)), tokenizer, cfg(objective="cascod"))  # no CasCoD records
+    with pytest.raises(DatasetError, match="no record left"):
+        prepare(records(4, kinds=("cot",)), tokenizer, cfg(max_seq_len=16))
+    with pytest.raises(DatasetError, match="fewer than one optimizer step"):
+        prepare(records(3, kinds=("cot",)), tokenizer, cfg(per_device_batch_size=2, grad_accum=2))
+
+
+def test_config_errors_name_the_field():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="even per_device_batch_size"):
+        TrainConfig(model="m", objective="cascod", per_device_batch_size=3)
+    with pytest.raises(ValidationError, match="bf16 is for GPU workers"):
+        TrainConfig(model="m", bf16=True)
+    with pytest.raises(ValidationError, match="alpha"):
+        TrainConfig(model="m", cascod={"alpha": 1.5})
+    with pytest.raises(ValidationError, match="report_to"):
+        TrainConfig(model="m", report_to=["comet"])
+
+
+# --- real Ray Train runs ---------------------------------------------------------------------------------------------
+def job_config(tmp_path: Path, student_dir: str, data: Path, **train) -> Path:
+    config = {"run_dir": str(tmp_path / "run"), "tiny_models": {"enabled": False},
+              "train": {"model": student_dir, "data": str(data), "num_workers": 2, "cpus_per_worker": 0.5,
+                        "torch_threads": 1, "max_seq_len": 512, "per_device_batch_size": 4, "learning_rate": 3e-3,
+                        "warmup_ratio": 0.0, "lr_scheduler": "constant", "epochs": 4, "save_steps": 100, **train}}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def write_records(table: pa.Table, path: Path) -> Path:
+    pq.write_table(table, path)
+    return path
+
+
+def metrics(out: Path, name: str = "metrics.jsonl") -> list[dict]:
+    return [json.loads(line) for line in (out / name).read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_training_lowers_the_loss_and_the_export_generates_in_vllm(ray_session, tiny_models_dir, tmp_path):
+    from adaptcot.config import load_config
+    from ray_jobs import stages
+
+    data = write_records(records(8, kinds=("cot",)), tmp_path / "sft.parquet")
+    job = load_config(job_config(tmp_path, str(tiny_models_dir["student"]), data, epochs=8))
+    report = stages.run_train(job)
+    out = tmp_path / "run" / "train"
+    rows = metrics(out)
+    # 8 records x 8 epochs / (4 per worker x 2 workers) = 8 optimizer steps over the same 8 records.
+    assert [r["step"] for r in rows] == list(range(1, 9)) and report.global_step == 8
+    assert rows[-1]["loss"] < rows[0]["loss"] * 0.8, rows
+    assert all(r["tokens_per_s"] > 0 and r["padding_fraction"] == 0 for r in rows)
+    assert json.loads((out / "train_report.json").read_text())["global_step"] == 8
+
+    # Running again with the same data and settings does not train again.
+    again = stages.run_train(job)
+    assert again.run_name == report.run_name and again.seconds == report.seconds
+
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=str(out / "model"), dtype="float32", enforce_eager=True, max_model_len=512, seed=0,
+              max_num_batched_tokens=512)
+    try:
+        text = llm.generate(["<|im_start|>user\nWhat is 3 + 1?<|im_end|>\n<|im_start|>assistant\n"],
+                            SamplingParams(max_tokens=12, temperature=0))[0].outputs[0]
+        assert len(text.token_ids) > 0
+    finally:
+        del llm
+
+
+@pytest.mark.slow
+def test_cascod_joint_run_reports_both_losses(ray_session, tiny_models_dir, tmp_path):
+    from adaptcot.config import load_config
+    from ray_jobs import stages
+
+    data = write_records(records(8), tmp_path / "sft.parquet")  # cot records too: ignored by this objective
+    job = load_config(job_config(tmp_path, str(tiny_models_dir["student"]), data, objective="cascod",
+                                 cascod={"alpha": 0.5}, epochs=2, num_workers=1, cpus_per_worker=1.0))
+    report = stages.run_train(job)
+    rows = metrics(tmp_path / "run" / "train")
+    assert report.data["by_kind"] == {"cascod_rationale": 8, "cascod_answer": 8}
+    assert report.data["ignored_kinds"] == {"cot": 8}
+    for row in rows:
+        assert row["loss"] == pytest.approx(0.5 * row["loss_rationale"] + 0.5 * row["loss_answer"], rel=0.02)
+    assert rows[-1]["loss_rationale"] < rows[0]["loss_rationale"] and rows[-1]["loss_answer"] < rows[0]["loss_answer"]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_checkpoint(ray_session, tiny_models_dir, tmp_path):
+    from adaptcot.config import load_config
+    from ray_jobs import stages
+
+    data = write_records(records(16, kinds=("cot",)), tmp_path / "sft.parquet")
+    config = job_config(tmp_path, str(tiny_models_dir["student"]), data, epochs=40, save_steps=4,
+                        num_workers=1, cpus_per_worker=1.0)  # 16 x 40 / 4 = 160 steps
+    out = tmp_path / "run" / "train"
+    address = ray_session.get_runtime_context().gcs_address
+    proc = subprocess.Popen([sys.executable, str(ROOT / "ray_jobs" / "train_sft.py"), "--config", str(config),
+                             "--set", f"ray.address={address}"], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "first.log", "wb"))
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((out / "ray").glob("*/checkpoint_*/checkpoint/trainer_state.json")):
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(0.2)
+    time.sleep(1.0)  # a few steps past the checkpoint, which the resumed run must redo
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model").exists(), "the first run finished before it was killed"
+    killed_at = max(r["step"] for r in metrics(out, "metrics.live.jsonl"))
+
+    report = stages.run_train(load_config(config))
+    assert report.resumed_from_step is not None and report.resumed_from_step % 4 == 0
+    assert report.resumed_from_step <= killed_at < 160 and report.global_step == 160
+    live = [r["step"] for r in metrics(out, "metrics.live.jsonl")]
+    restart = next(i for i in range(1, len(live)) if live[i] <= live[i - 1])
+    assert live[:restart] == list(range(1, killed_at + 1))
+    assert live[restart:] == list(range(report.resumed_from_step + 1, 161))  # the step count continues
+    assert [r["step"] for r in metrics(out)] == list(range(1, 161))  # the final log: every step exactly once
