@@ -14,7 +14,7 @@ from enum import Enum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: teacher_cots verdict and drop columns, samples, sft_records.cot_id
 
 
 def _tagged(name: str, fields: list[pa.Field]) -> pa.Schema:

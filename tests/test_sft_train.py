@@ -290,3 +290,13 @@ def test_a_killed_run_resumes_from_its_checkpoint(ray_session, tiny_models_dir, 
     assert live[:restart] == list(range(1, killed_at + 1))
     assert live[restart:] == list(range(report.resumed_from_step + 1, 161))  # the step count continues
     assert [r["step"] for r in metrics(out)] == list(range(1, 161))  # the final log: every step exactly once
+
+
+def test_cli_refuses_a_bad_dataset_before_any_worker_starts(ray_session, tiny_models_dir, tmp_path, capsys):
+    from adaptcot.cli import main as cli
+
+    data = write_records(records(8, kinds=("cot",), long_every=1), tmp_path / "sft.parquet")  # all too long
+    config = job_config(tmp_path, str(tiny_models_dir["student"]), data, max_seq_len=128, too_long="fail")
+    assert cli(["train", "--config", str(config)]) == 2
+    assert "8 of 8 records are longer than max_seq_len 128" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "train" / "ray").exists()  # no Ray Train run was started
