@@ -21,6 +21,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/sandbox_throughput.py
 	$(VENV)/bin/python benchmarks/grade_throughput.py
 	$(VENV)/bin/python benchmarks/teacher_client.py
+	$(VENV)/bin/python benchmarks/sft_throughput.py
 
 clean:
 	rm -rf runs .pytest_cache

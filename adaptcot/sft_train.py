@@ -23,9 +23,10 @@ from config), resumes from `ray.train.get_checkpoint()`, reports metrics every l
 `RayTrainReportCallback`, and exports the final model in Hugging Face format (what vLLM loads) as the last reported
 checkpoint. `ray_jobs/train_sft.py` is the driver.
 
-Batching: `packed` concatenates a micro-batch's examples into one row with per-example position ids, which
-transformers turns into a block-diagonal causal mask (no padding, no cross-example attention); `grouped` pads
-micro-batches of similar length (sorted within mega-batches of 64 micro-batches); `plain` pads shuffled ones.
+Batching: `grouped` (default) pads micro-batches of similar length (sorted within mega-batches of 64
+micro-batches); `packed` concatenates a micro-batch's examples into one row with per-example position ids, which
+transformers turns into a block-diagonal causal mask (no padding, no cross-example attention; fast only with a
+variable-length attention kernel such as flash-attention 2); `plain` pads shuffled ones.
 The collator is written here, not transformers' `DataCollatorWithFlattening`, because it also carries each token's
 objective (rationale or answer) for the CasCoD loss.
 
@@ -80,7 +81,11 @@ class TrainConfig(BaseModel):
     cascod: CasCoDConfig = CasCoDConfig()
     max_seq_len: int = Field(default=4096, ge=16, le=262_144)
     too_long: Literal["drop", "fail"] = "drop"  # records over max_seq_len: counted and dropped, or the run fails
-    batching: Literal["packed", "grouped", "plain"] = "packed"
+    # "packed" pays off with a variable-length attention kernel (attn_implementation: flash_attention_2 on GPUs);
+    # with sdpa/eager a packed row attends over its whole length under a block mask, which on the CPU is slower
+    # than grouped padding (benchmarks/sft_throughput.py).
+    batching: Literal["packed", "grouped", "plain"] = "grouped"
+    attn_implementation: str | None = None  # transformers' choice by default (sdpa); "flash_attention_2" on GPUs
     per_device_batch_size: int = Field(default=4, ge=1)  # examples per micro-batch
     grad_accum: int = Field(default=1, ge=1)
     epochs: int = Field(default=3, ge=1)
@@ -498,7 +503,9 @@ def train_loop_per_worker(config: dict) -> None:
         None, config["order_uri"])
     dataset = OrderDataset(pq.read_table(path, filesystem=fs))
     tokenizer = AutoTokenizer.from_pretrained(config["model"])
-    model = AutoModelForCausalLM.from_pretrained(config["model"], dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(config["model"], dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
+                                                 **({"attn_implementation": cfg.attn_implementation}
+                                                    if cfg.attn_implementation else {}))
     # No KV cache in training: with one, transformers does not build the block-diagonal mask of packed batches.
     use_cache, model.config.use_cache = model.config.use_cache, False
     work = Path(tempfile.gettempdir()) / f"adaptcot-train-{config['run_name']}-rank{context.get_world_rank()}"

@@ -58,7 +58,8 @@ def student(tiny_models_dir):
 
 
 def cfg(**kw) -> TrainConfig:
-    return TrainConfig(model="unused", **{"max_seq_len": 512, "per_device_batch_size": 4, "epochs": 1, **kw})
+    return TrainConfig(model="unused", **{"max_seq_len": 512, "per_device_batch_size": 4, "epochs": 1,
+                                          "batching": "packed", **kw})
 
 
 # --- labels, packing, loss -------------------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ def test_training_lowers_the_loss_and_the_export_generates_in_vllm(ray_session, 
     from ray_jobs import stages
 
     data = write_records(records(8, kinds=("cot",)), tmp_path / "sft.parquet")
-    job = load_config(job_config(tmp_path, str(tiny_models_dir["student"]), data, epochs=8))
+    job = load_config(job_config(tmp_path, str(tiny_models_dir["student"]), data, epochs=8, batching="packed"))
     report = stages.run_train(job)
     out = tmp_path / "run" / "train"
     rows = metrics(out)
@@ -279,6 +280,12 @@ def test_a_killed_run_resumes_from_its_checkpoint(ray_session, tiny_models_dir, 
     time.sleep(1.0)  # a few steps past the checkpoint, which the resumed run must redo
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    # The train worker is an actor of the shared cluster: Ray stops it soon after its driver dies, not at once.
+    lines, stable_since = -1, time.time()
+    while time.time() - stable_since < 3:
+        now = len((out / "metrics.live.jsonl").read_text().splitlines())
+        lines, stable_since = (now, time.time()) if now != lines else (lines, stable_since)
+        time.sleep(0.2)
     assert not (out / "model").exists(), "the first run finished before it was killed"
     killed_at = max(r["step"] for r in metrics(out, "metrics.live.jsonl"))
 
