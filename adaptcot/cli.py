@@ -10,6 +10,7 @@
   adaptcot teach --config C         teacher CoTs for the sample (resumable), verified and filtered
   adaptcot build-sft --config C     SFT records (standard CoT and/or CasCoD) from the kept CoTs
   adaptcot train --config C         fine-tune the student on the SFT records (Ray Train), export the model
+  adaptcot eval --model M --benchmarks math500,gsm8k|FILE... [--n 8] [--out DIR] [--cascaded] [--levels BANK STUDENT]
   adaptcot run --config configs/local.yaml [--set KEY=VALUE ...]
 """
 
@@ -126,6 +127,33 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a model on benchmarks: known names, or local files in any pool-import format (domain by flag)."""
+    from adaptcot import runtime
+    from adaptcot.answering import EngineConfig, ResourcesConfig, SamplingConfig
+    from adaptcot.config import RayConfig
+    from adaptcot.evaluation import KNOWN_BENCHMARKS, EvalConfig, LevelsConfig, evaluate, format_metrics
+
+    benchmarks = []
+    for item in (b for spec in args.benchmarks for b in spec.split(",") if b):
+        if item in KNOWN_BENCHMARKS:
+            benchmarks.append(item)
+        else:  # a local file or hf:NAME in the pool format (or with --preset / --map)
+            benchmarks.append({"name": item.rsplit("/", 1)[-1].split(".")[0], "source": item, "domain": args.domain,
+                               "preset": args.preset, "mapping": _parse_map(args.map), "limit": args.limit})
+    model = {"model": args.model, "sampling": SamplingConfig(n=args.n, temperature=args.temperature,
+                                                             top_p=args.top_p, max_tokens=args.max_tokens),
+             "engine": EngineConfig(max_model_len=args.max_model_len, enforce_eager=args.enforce_eager,
+                                    dtype=args.dtype),
+             "resources": ResourcesConfig(use_gpu=args.gpu)}
+    cfg = EvalConfig(model=model, benchmarks=benchmarks, out=args.out, cascaded=args.cascaded,
+                     levels=LevelsConfig(bank=args.levels[0], student=args.levels[1]) if args.levels else None)
+    runtime.set_cpu_env_defaults()
+    runtime.init_ray(RayConfig(address=args.ray_address))
+    print("\n".join(format_metrics(evaluate(cfg))))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from adaptcot.config import load_config
     from ray_jobs.pipeline import main as run_pipeline
@@ -202,6 +230,28 @@ def build_parser() -> argparse.ArgumentParser:
         stage.add_argument("--config", required=True, help="a job config with the stage's section")
         stage.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
         stage.set_defaults(func=cmd_stage)
+
+    ev = sub.add_parser("eval", help="evaluate a model on benchmarks: accuracy, pass@k, majority vote, tokens")
+    ev.add_argument("--model", required=True, help="a local model directory or a Hugging Face hub id")
+    ev.add_argument("--benchmarks", nargs="+", required=True,
+                    help="known names (math500, aime24, aime25, gsm8k, humaneval, mbpp) or local files / hf:NAME")
+    ev.add_argument("--domain", choices=["math", "code"], default="math", help="for files that are not known names")
+    ev.add_argument("--preset", default="adaptcot", help="column preset for files (default: the pool format)")
+    ev.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN")
+    ev.add_argument("--limit", type=int, default=None, help="the first N questions of each file")
+    ev.add_argument("--n", type=int, default=8)
+    ev.add_argument("--temperature", type=float, default=0.6)
+    ev.add_argument("--top-p", type=float, default=0.95)
+    ev.add_argument("--max-tokens", type=int, default=2048)
+    ev.add_argument("--max-model-len", type=int, default=8192)
+    ev.add_argument("--dtype", default="auto")
+    ev.add_argument("--enforce-eager", action="store_true")
+    ev.add_argument("--gpu", action="store_true")
+    ev.add_argument("--cascaded", action="store_true", help="rationale first, then the answer (CasCoD students)")
+    ev.add_argument("--levels", nargs=2, metavar=("BANK", "STUDENT"), help="report per difficulty level")
+    ev.add_argument("--out", default="runs/eval")
+    ev.add_argument("--ray-address", default=None)
+    ev.set_defaults(func=cmd_eval)
 
     run = sub.add_parser("run", help="run the end-to-end job on Ray")
     run.add_argument("--config", required=True)

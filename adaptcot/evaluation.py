@@ -1,0 +1,282 @@
+"""Evaluation: a model answers benchmarks n times through `ray.data.llm`, answers are verified by the grading
+verifiers, and `eval_metrics` turns the per-sample rows into accuracy, pass@k, majority vote and token counts.
+
+A benchmark is a known name (`KNOWN_BENCHMARKS`, loaded from the Hugging Face hub with `datasets`) or a spec with a
+`source` (a local file or directory in any format `adaptcot pool import` reads, or `hf:NAME`) plus its domain and
+column mapping. It is imported once into `<out>/benchmarks/<name>/` (pool format, rejects kept), so every model
+is evaluated on the same rows. Output per model, under `<out>/<model name>/`: `samples.parquet` (one row per
+question and sample: response, tokens, finish reason, verdict, answer key, level) and `metrics.json` (per
+benchmark: overall and per level).
+
+Cascaded inference (CasCoD-trained students, METHOD.md §2): the model first writes a rationale for the question
+(the same user turn as always), then answers a second turn built with `rationale_prompt` from the question and
+that rationale; the answer is verified, and tokens are counted over both generations.
+
+Levels: with `levels.bank` set, each question's difficulty level for `levels.student` is read from the bank
+(questions not in the bank get none), so every metric is also reported per level.
+
+Majority vote groups math answers by their last \\boxed{} content with spaces removed, so equivalent answers written
+differently ("1/2", "0.5") vote apart. Code answers have no answer key (no majority vote).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from adaptcot import eval_metrics
+from adaptcot.answering import SamplingConfig, StudentConfig, answer_processor, expand_samples, to_attempt_row
+from adaptcot.grading import AttemptVerifier, VerifyConfig
+from adaptcot.pool_presets import last_boxed
+from adaptcot.sft_data import RATIONALE_PROMPT
+
+EVAL_SAMPLING = SamplingConfig(n=8, temperature=0.6, top_p=0.95, max_tokens=2048)
+POOL_COLUMNS = ["question_id", "domain", "question", "reference_answer", "tests", "starter_code"]
+
+
+class BenchmarkSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    source: str  # a local file / directory, or hf:NAME
+    domain: Literal["math", "code"]
+    preset: str | None = None
+    mapping: dict[str, str] = {}
+    hf_split: str = "test"
+    hf_config: str | None = None
+    limit: int | None = Field(default=None, ge=1)  # the first N questions (in question_id order)
+    sampling: SamplingConfig | None = None  # this benchmark's own sampling (default: the eval's)
+
+
+KNOWN_BENCHMARKS: dict[str, dict] = {
+    "math500": {"source": "hf:HuggingFaceH4/MATH-500", "domain": "math", "preset": "math"},
+    "aime24": {"source": "hf:HuggingFaceH4/aime_2024", "domain": "math", "hf_split": "train",
+               "mapping": {"question": "problem", "answer": "answer"}},
+    "aime25": {"source": "hf:math-ai/aime25", "domain": "math", "mapping": {"question": "problem", "answer": "answer"}},
+    "gsm8k": {"source": "hf:openai/gsm8k", "domain": "math", "preset": "gsm8k", "hf_config": "main"},
+    "humaneval": {"source": "hf:openai/openai_humaneval", "domain": "code", "preset": "humaneval"},
+    "mbpp": {"source": "hf:google-research-datasets/mbpp", "domain": "code", "preset": "mbpp", "hf_config": "full"},
+}
+
+
+def benchmark_spec(item: str | BenchmarkSpec) -> BenchmarkSpec:
+    if isinstance(item, BenchmarkSpec):
+        return item
+    if item not in KNOWN_BENCHMARKS:
+        raise ValueError(f"unknown benchmark {item!r}: known names are {', '.join(KNOWN_BENCHMARKS)}; or give a spec "
+                         f"with `source` and `domain` (a local file in any format `adaptcot pool import` reads)")
+    return BenchmarkSpec(name=item, **KNOWN_BENCHMARKS[item])
+
+
+class LevelsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    bank: str
+    student: str  # the student whose levels to report: NAME or NAME@GRADER_ID (see `adaptcot bank summary`)
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: StudentConfig  # the model to evaluate, with its prompts, engine and resources
+    benchmarks: list[str | BenchmarkSpec] = Field(min_length=1)
+    out: str = "eval"
+    cascaded: bool = False
+    rationale_prompt: str = RATIONALE_PROMPT  # must match the one the CasCoD records were built with
+    levels: LevelsConfig | None = None
+    verify: VerifyConfig = VerifyConfig()
+
+    @model_validator(mode="after")
+    def _known(self):
+        if "sampling" not in self.model.model_fields_set:  # the evaluation defaults, not grading's n = 1
+            object.__setattr__(self, "model", self.model.model_copy(update={"sampling": EVAL_SAMPLING}))
+        names = [benchmark_spec(b).name for b in self.benchmarks]  # raises on unknown names
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmark names repeat: {names}")
+        return self
+
+    def specs(self) -> list[BenchmarkSpec]:
+        return [benchmark_spec(b) for b in self.benchmarks]
+
+
+# --- pure parts ------------------------------------------------------------------------------------------------------
+_SPACE = re.compile(r"\s+")
+
+
+def answer_key(domain: str, response: str | None) -> str | None:
+    """What majority voting groups by: the last \\boxed{} content, spaces and \\left/\\right removed (math only)."""
+    if domain != "math" or not response:
+        return None
+    if "</think>" in response:
+        response = response.rsplit("</think>", 1)[1]
+    boxed = last_boxed(response)
+    if boxed is None:
+        return None
+    return _SPACE.sub("", boxed.replace("\\left", "").replace("\\right", "")).rstrip(".") or None
+
+
+def sample_rows(attempts: pa.Table, benchmark: str, levels: dict[str, str]) -> pa.Table:
+    """Verified attempts -> the per-sample eval table."""
+    domains, responses = attempts["domain"].to_pylist(), attempts["response"].to_pylist()
+    qids = attempts["question_id"].to_pylist()
+    return pa.table({
+        "benchmark": pa.array([benchmark] * attempts.num_rows, pa.string()),
+        "question_id": attempts["question_id"], "domain": attempts["domain"],
+        "sample_index": attempts["sample_index"], "response": attempts["response"],
+        "num_tokens": attempts["num_tokens"], "finish_reason": attempts["finish_reason"],
+        "verdict": attempts["verdict"],
+        # An attempt nothing was decided about (engine or verifier error) counts as not correct here, and is
+        # visible in `verdict`.
+        "correct": pc.fill_null(attempts["correct"], False),
+        "answer_key": pa.array([answer_key(d, r) for d, r in zip(domains, responses)], pa.string()),
+        "level": pa.array([levels.get(q) for q in qids], pa.string()),
+    })
+
+
+def metrics_of(samples: pa.Table) -> dict:
+    out = {"overall": eval_metrics.summarize(samples)}
+    if samples.num_rows and pc.any(pc.is_valid(samples["level"])).as_py():
+        out["by_level"] = eval_metrics.summarize_by(samples, "level")
+    return out
+
+
+# --- Ray parts -------------------------------------------------------------------------------------------------------
+def load_benchmark(spec: BenchmarkSpec, out: str | Path) -> pa.Table:
+    """Import the benchmark once into `<out>/benchmarks/<name>/` (pool format) and read its questions."""
+    from adaptcot.pool_import import PoolImportConfig, import_pool, read_pool
+
+    directory = Path(out) / "benchmarks" / spec.name
+    if not (directory / "pool").exists():
+        import_pool(PoolImportConfig(sources=[spec.source], domain=spec.domain, out=str(directory),
+                                     preset=spec.preset, mapping=spec.mapping, hf_split=spec.hf_split,
+                                     hf_config=spec.hf_config))
+    pool = read_pool(directory, POOL_COLUMNS).sort_by("question_id")
+    return pool.slice(0, spec.limit) if spec.limit else pool
+
+
+def _pool_rows_for_answering(pool: pa.Table) -> pa.Table:
+    tests = [None if t is None else json.dumps(t) for t in pool["tests"].to_pylist()]
+    return pool.drop_columns(["tests"]).append_column("tests_json", pa.array(tests, pa.string()))
+
+
+def _answer(rows: pa.Table, student: StudentConfig, verify: VerifyConfig | None) -> pa.Table:
+    import ray
+
+    light = student.resources.cpus_per_light_stage
+    ds = answer_processor(student)(ray.data.from_arrow(rows)).map(to_attempt_row, num_cpus=light)
+    if verify is not None:
+        ds = ds.map_batches(AttemptVerifier, fn_constructor_kwargs={"workers": verify.workers,
+                            "timeout_s": verify.timeout_s, "code": verify.code},
+                            concurrency=verify.concurrency, num_cpus=verify.num_cpus, batch_format="pyarrow")
+    tables = [ray.get(ref) for ref in ds.to_arrow_refs()]
+    out = pa.concat_tables(tables, promote_options="default") if tables else rows.slice(0, 0)
+    if out.num_rows != rows.num_rows:
+        raise RuntimeError(f"eval: {rows.num_rows} requests, {out.num_rows} answers")
+    return out.sort_by([("question_id", "ascending"), ("sample_index", "ascending")])
+
+
+def answer_and_verify(pool: pa.Table, cfg: EvalConfig, sampling: SamplingConfig) -> pa.Table:
+    """n samples per question, verified; cascaded: rationale first, then the answer turn built on it."""
+    student = cfg.model.model_copy(update={"sampling": sampling.model_copy(update={"n": 1})})
+    rows = expand_samples(_pool_rows_for_answering(pool), sampling.n)
+    if not cfg.cascaded:
+        return _answer(rows, student, cfg.verify)
+    from adaptcot.answering import build_messages
+
+    rationales = _answer(rows, student, None)
+    by_key = {(q, s): (r, t, f) for q, s, r, t, f in zip(
+        rationales["question_id"].to_pylist(), rationales["sample_index"].to_pylist(),
+        rationales["response"].to_pylist(), rationales["num_tokens"].to_pylist(),
+        rationales["finish_reason"].to_pylist())}
+    second_turns = []
+    for row in rows.to_pylist():
+        rationale = by_key[(row["question_id"], row["sample_index"])][0] or ""
+        prompt = build_messages(row, cfg.model)[-1]["content"]
+        second_turns.append(cfg.rationale_prompt.format(prompt=prompt, question=row["question"], rationale=rationale))
+    # The second turn is the whole user message: the prompts pass it through unchanged.
+    passthrough = student.model_copy(update={"math_prompt": "{question}", "code_prompt": "{question}"})
+    asked = rows.set_column(rows.schema.get_field_index("question"), "question", pa.array(second_turns, pa.string()))
+    answers = _answer(asked, passthrough, None)
+    question_of = dict(zip(pool["question_id"].to_pylist(), pool["question"].to_pylist()))
+    answers = answers.set_column(answers.schema.get_field_index("question"), "question",
+                                 pa.array([question_of[q] for q in answers["question_id"].to_pylist()], pa.string()))
+    keys = list(zip(answers["question_id"].to_pylist(), answers["sample_index"].to_pylist()))
+    tokens = [by_key[k][1] + t for k, t in zip(keys, answers["num_tokens"].to_pylist())]
+    finish = ["length" if "length" in (by_key[k][2], f) else f
+              for k, f in zip(keys, answers["finish_reason"].to_pylist())]
+    answers = answers.set_column(answers.schema.get_field_index("num_tokens"), "num_tokens", pa.array(tokens))
+    answers = answers.set_column(answers.schema.get_field_index("finish_reason"), "finish_reason", pa.array(finish))
+    import ray
+
+    verified = ray.data.from_arrow(answers).map_batches(
+        AttemptVerifier, fn_constructor_kwargs={"workers": cfg.verify.workers, "timeout_s": cfg.verify.timeout_s,
+                                                "code": cfg.verify.code},
+        concurrency=cfg.verify.concurrency, num_cpus=cfg.verify.num_cpus, batch_format="pyarrow")
+    out = pa.concat_tables([ray.get(ref) for ref in verified.to_arrow_refs()])
+    return out.sort_by([("question_id", "ascending"), ("sample_index", "ascending")])
+
+
+def bank_levels(levels: LevelsConfig | None) -> dict[str, str]:
+    if levels is None:
+        return {}
+    from adaptcot import bank
+
+    slug, gid = bank._resolve(levels.bank, levels.student)
+    table = bank._read_slug(levels.bank, slug, gid, ["question_id", "level"])
+    return dict(zip(table["question_id"].to_pylist(), table["level"].to_pylist()))
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Evaluate `cfg.model` on every benchmark; writes samples.parquet and metrics.json; returns the metrics."""
+    started = time.perf_counter()
+    name = cfg.model.display_name
+    out_dir = Path(cfg.out) / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    levels = bank_levels(cfg.levels)
+    tables, metrics = [], {"model": cfg.model.model, "name": name, "cascaded": cfg.cascaded, "benchmarks": {}}
+    pools = {}
+    for spec in cfg.specs():
+        pools[spec.name] = load_benchmark(spec, cfg.out)
+        if pools[spec.name].num_rows == 0:
+            raise ValueError(f"benchmark {spec.name}: no usable question in {spec.source} (see its rejects in "
+                             f"{Path(cfg.out) / 'benchmarks' / spec.name / 'rejects'})")
+    # Benchmarks with the same sampling are answered in one pass (one engine start); a question two of them share
+    # is answered once and counted in both.
+    groups: dict[str, list[BenchmarkSpec]] = {}
+    for spec in cfg.specs():
+        groups.setdefault((spec.sampling or cfg.model.sampling).model_dump_json(), []).append(spec)
+    for specs in groups.values():
+        sampling = specs[0].sampling or cfg.model.sampling
+        union = pa.concat_tables([pools[s.name] for s in specs])
+        _, first = np.unique(np.array(union["question_id"].to_pylist(), dtype=object), return_index=True)
+        answered = answer_and_verify(union.take(pa.array(sorted(first))), cfg, sampling)
+        for spec in specs:
+            mine = pc.is_in(answered["question_id"], value_set=pools[spec.name]["question_id"])
+            samples = sample_rows(answered.filter(mine), spec.name, levels)
+            tables.append(samples)
+            metrics["benchmarks"][spec.name] = {"sampling": sampling.model_dump(), **metrics_of(samples)}
+    pq.write_table(pa.concat_tables(tables), out_dir / "samples.parquet")
+    metrics["seconds"] = round(time.perf_counter() - started, 1)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def format_metrics(metrics: dict) -> list[str]:
+    lines = [f"{metrics['name']}{' (cascaded)' if metrics['cascaded'] else ''}:"]
+    for bench, m in metrics["benchmarks"].items():
+        o = m["overall"]
+        ks = o.get("pass_at_k", {})
+        top = max(ks, key=int) if ks else None
+        lines.append(f"  {bench}: {o['questions']} questions x {o.get('samples_per_question')}: accuracy "
+                     f"{o.get('accuracy', 0):.3f} ± {o.get('accuracy_se') or 0:.3f}"
+                     + (f", pass@{top} {ks[top]:.3f}" if top else "")
+                     + (f", maj@n {o['majority_vote']:.3f}" if "majority_vote" in o else "")
+                     + f", tokens mean {o.get('tokens_mean', 0):.0f} (p90 {o.get('tokens_p90', 0):.0f}), "
+                       f"truncated {o.get('truncation_rate', 0):.1%}")
+    return lines
