@@ -11,6 +11,7 @@
   adaptcot build-sft --config C     SFT records (standard CoT and/or CasCoD) from the kept CoTs
   adaptcot train --config C         fine-tune the student on the SFT records (Ray Train), export the model
   adaptcot eval --model M --benchmarks math500,gsm8k|FILE... [--n 8] [--out DIR] [--cascaded] [--levels BANK STUDENT]
+  adaptcot report RUN_DIR           one offline HTML page of a run's figures (RUN_DIR/report.html)
   adaptcot run --config configs/local.yaml [--set KEY=VALUE ...]
 """
 
@@ -154,6 +155,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from adaptcot.report import write_report
+
+    if not Path(args.run_dir).is_dir():
+        raise FileNotFoundError(f"no run directory {args.run_dir}")
+    print(write_report(args.run_dir))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from adaptcot.config import load_config
     from ray_jobs.pipeline import main as run_pipeline
@@ -252,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="runs/eval")
     ev.add_argument("--ray-address", default=None)
     ev.set_defaults(func=cmd_eval)
+
+    rep = sub.add_parser("report", help="write RUN_DIR/report.html: levels, sampling, teacher, training, eval")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=cmd_report)
 
     run = sub.add_parser("run", help="run the end-to-end job on Ray")
     run.add_argument("--config", required=True)

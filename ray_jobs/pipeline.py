@@ -18,6 +18,7 @@ from adaptcot import grading, sft_train
 from adaptcot.config import JobConfig, load_config, resolve_grade
 from adaptcot.pool_import import ImportReport, PoolImportConfig, import_pool_remote
 from adaptcot.pool_sources import open_source
+from adaptcot.report import write_report
 from adaptcot.synthetic import code_rows, math_rows, write_jsonl
 from ray_jobs import stages
 
@@ -114,6 +115,8 @@ def main(cfg: JobConfig) -> dict:
         print("[train]\n" + "\n".join("  " + line for line in
                                         sft_train.DataReport(**trained.data).lines() + trained.lines()))
         summary["stages"]["train"] = trained.as_dict()
+    summary["report"] = str(write_report(run_dir))
+    print(f"[report] {summary['report']}")
     summary["seconds"] = round(time.time() - started, 1)
     (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
     print(f"[done] {summary['seconds']} s; summary in {run_dir / 'run_summary.json'}")

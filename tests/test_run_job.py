@@ -47,6 +47,8 @@ def test_local_job_builds_models_imports_and_grades_and_reruns_add_nothing(tmp_p
     # Random tiny models: no CoT is kept, so the job says training had nothing to train on (tests/test_sft_train.py
     # trains for real).
     assert summary["stages"]["train"] == {"skipped": "no SFT records"} and "[train] skipped" in first.stdout
+    report = (run_dir / "report.html").read_text()  # the job ends with its report
+    assert all(f"data-figure='{key}'" in report for key in ("levels", "sampling", "teacher"))
 
     again = run_job(run_dir)
     assert again.returncode == 0, again.stderr[-3000:]
