@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adaptcot.cot_filter import FilterConfig
+from adaptcot.evaluation import EvalConfig, JobEvalConfig, LevelsConfig
 from adaptcot.grading import GradeConfig
 from adaptcot.pool_presets import resolve_mapping
 from adaptcot.sampling import SampleConfig
@@ -79,12 +80,15 @@ class JobConfig(Strict):
     filter: FilterConfig = FilterConfig()
     sft: SFTConfig | None = None
     train: TrainConfig | None = None  # fine-tunes the student on the SFT records (Ray Train)
+    eval: JobEvalConfig | None = None  # evaluates the graded student before SFT and the trained model after
 
     @model_validator(mode="after")
     def _stages_have_their_inputs(self):
         for stage, needs in (("sample", "grade"), ("teacher", "sample"), ("sft", "teacher")):
             if getattr(self, stage) is not None and getattr(self, needs) is None:
                 raise ValueError(f"a `{stage}` section needs a `{needs}` section (it reads that stage's output)")
+        if self.eval is not None and self.grade is None:
+            raise ValueError("an `eval` section needs a `grade` section (it evaluates that student)")
         if self.train is not None:
             if self.train.data is None and self.sft is None:
                 raise ValueError("a `train` section needs `train.data` or an `sft` section (it reads its records)")
@@ -138,6 +142,28 @@ def resolve_train(cfg: JobConfig) -> tuple[TrainConfig, str, str]:
         str(cfg.path("sft") / "sft_records.parquet")
     return (cfg.train.model_copy(update={"model": model.replace("{run_dir}", cfg.run_dir)}), data,
             str(cfg.path(cfg.train.out)))
+
+
+def resolve_eval(cfg: JobConfig, which: str) -> EvalConfig:
+    """The evaluation of the graded student ("before") or of the model trained from it ("after")."""
+    if cfg.eval is None:
+        raise ConfigError("the config has no `eval` section")
+    student = resolve_grade(cfg).student
+    benchmarks = [b if isinstance(b, str) else b.model_copy(update={"source": b.source.replace("{run_dir}",
+                                                                                               cfg.run_dir)})
+                  for b in cfg.eval.benchmarks]
+    if which == "before":
+        model, cascaded = student.model_copy(update={"name": f"{student.display_name}-before",
+                                                     "sampling": cfg.eval.sampling}), False
+    else:
+        train_cfg, _, out = resolve_train(cfg)
+        model = student.model_copy(update={"model": str(Path(out) / "model"), "sampling": cfg.eval.sampling,
+                                           "name": f"{student.display_name}-after-sft"})
+        cascaded = cfg.eval.cascaded if cfg.eval.cascaded is not None else train_cfg.objective == "cascod"
+    levels = LevelsConfig(bank=resolve_grade(cfg).bank, student=f"{student.display_name}@"
+                          f"{resolve_grade(cfg).grader_id()}") if cfg.eval.levels else None
+    return EvalConfig(model=model, benchmarks=benchmarks, out=str(cfg.path("eval")), cascaded=cascaded,
+                      levels=levels, verify=resolve_grade(cfg).verify)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

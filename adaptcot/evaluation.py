@@ -105,6 +105,23 @@ class EvalConfig(BaseModel):
         return [benchmark_spec(b) for b in self.benchmarks]
 
 
+class JobEvalConfig(BaseModel):
+    """The `eval` section of a job: the graded student before SFT and the trained model after, same benchmarks."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    benchmarks: list[str | BenchmarkSpec] = Field(min_length=1)  # sources may use "{run_dir}"
+    sampling: SamplingConfig = EVAL_SAMPLING
+    before: bool = True
+    after: bool = True
+    cascaded: bool | None = None  # None: cascaded for a model trained with the cascod objective
+    levels: bool = True  # report per level of the graded student (from the job's bank)
+
+    @model_validator(mode="after")
+    def _known(self):
+        for b in self.benchmarks:
+            benchmark_spec(b)
+        return self
+
+
 # --- pure parts ------------------------------------------------------------------------------------------------------
 _SPACE = re.compile(r"\s+")
 
@@ -233,10 +250,17 @@ def bank_levels(levels: LevelsConfig | None) -> dict[str, str]:
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Evaluate `cfg.model` on every benchmark; writes samples.parquet and metrics.json; returns the metrics."""
+    """Evaluate `cfg.model` on every benchmark; writes samples.parquet and metrics.json; returns the metrics.
+
+    A finished evaluation with the same settings (recorded in metrics.json) is returned as it is, not redone."""
     started = time.perf_counter()
     name = cfg.model.display_name
     out_dir = Path(cfg.out) / name
+    settings = json.loads(cfg.model_dump_json(exclude={"out"}))
+    if (out_dir / "metrics.json").exists() and (out_dir / "samples.parquet").exists():
+        previous = json.loads((out_dir / "metrics.json").read_text())
+        if previous.get("settings") == settings:
+            return previous
     out_dir.mkdir(parents=True, exist_ok=True)
     levels = bank_levels(cfg.levels)
     tables, metrics = [], {"model": cfg.model.model, "name": name, "cascaded": cfg.cascaded, "benchmarks": {}}
@@ -263,6 +287,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             metrics["benchmarks"][spec.name] = {"sampling": sampling.model_dump(), **metrics_of(samples)}
     pq.write_table(pa.concat_tables(tables), out_dir / "samples.parquet")
     metrics["seconds"] = round(time.perf_counter() - started, 1)
+    metrics["settings"] = settings
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 

@@ -1,5 +1,5 @@
 """The whole adaptcot job on Ray: tiny models (local default), raw pool, pool import, grading, sampling, teacher
-CoTs and their filter, SFT records, SFT training; each stage runs when its config section is present.
+CoTs and their filter, SFT records, SFT training, evaluation before and after, the report; each stage runs when its config section is present.
 
 Run:  python ray_jobs/pipeline.py --config configs/local.yaml [--set key=value ...]
   or: adaptcot run --config configs/local.yaml
@@ -15,7 +15,8 @@ from pathlib import Path
 
 from adaptcot import runtime
 from adaptcot import grading, sft_train
-from adaptcot.config import JobConfig, load_config, resolve_grade
+from adaptcot.config import JobConfig, load_config, resolve_eval, resolve_grade
+from adaptcot.evaluation import evaluate, format_metrics
 from adaptcot.pool_import import ImportReport, PoolImportConfig, import_pool_remote
 from adaptcot.pool_sources import open_source
 from adaptcot.report import write_report
@@ -65,6 +66,12 @@ def build_models(cfg: JobConfig) -> dict[str, str]:
     return {name: str(p) for name, p in paths.items()}
 
 
+def run_eval(cfg: JobConfig, which: str) -> dict:
+    metrics = evaluate(resolve_eval(cfg, which))
+    print(f"[eval {which}]\n" + "\n".join("  " + line for line in format_metrics(metrics)))
+    return {bench: m["overall"] for bench, m in metrics["benchmarks"].items()}
+
+
 def main(cfg: JobConfig) -> dict:
     preflight(cfg)
     started = time.time()
@@ -90,6 +97,8 @@ def main(cfg: JobConfig) -> dict:
         report = grading.grade(grade_cfg)
         print("[grade]\n" + "\n".join("  " + line for line in report.lines()))
         summary["stages"]["grade"] = grading.report_dict(report)
+    if cfg.eval is not None and cfg.eval.before:
+        summary["stages"]["eval_before"] = run_eval(cfg, "before")
     if cfg.sample is not None:
         sampled = stages.run_sample(cfg)
         print("[sample]\n" + "\n".join("  " + line for line in sampled.lines()))
@@ -115,6 +124,8 @@ def main(cfg: JobConfig) -> dict:
         print("[train]\n" + "\n".join("  " + line for line in
                                         sft_train.DataReport(**trained.data).lines() + trained.lines()))
         summary["stages"]["train"] = trained.as_dict()
+        if cfg.eval is not None and cfg.eval.after:
+            summary["stages"]["eval_after"] = run_eval(cfg, "after")
     summary["report"] = str(write_report(run_dir))
     print(f"[report] {summary['report']}")
     summary["seconds"] = round(time.time() - started, 1)

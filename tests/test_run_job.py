@@ -47,13 +47,19 @@ def test_local_job_builds_models_imports_and_grades_and_reruns_add_nothing(tmp_p
     # Random tiny models: no CoT is kept, so the job says training had nothing to train on (tests/test_sft_train.py
     # trains for real).
     assert summary["stages"]["train"] == {"skipped": "no SFT records"} and "[train] skipped" in first.stdout
+    # The student is evaluated before SFT (12 questions x 2 samples, per level of its bank).
+    before = summary["stages"]["eval_before"]["synthetic-math"]
+    assert (before["questions"], before["samples_per_question"]) == (12, 2) and "eval_after" not in summary["stages"]
+    evaluated = run_dir / "eval" / "student-before" / "metrics.json"
+    assert "by_level" in json.loads(evaluated.read_text())["benchmarks"]["synthetic-math"]
     report = (run_dir / "report.html").read_text()  # the job ends with its report
-    assert all(f"data-figure='{key}'" in report for key in ("levels", "sampling", "teacher"))
+    assert all(f"data-figure='{key}'" in report for key in ("levels", "sampling", "teacher", "evaluation"))
 
     again = run_job(run_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "already in pool 30" in again.stdout
     again_summary = json.loads((run_dir / "run_summary.json").read_text())
+    assert again_summary["stages"]["eval_before"] == summary["stages"]["eval_before"]  # reused, not redone
     assert again_summary["stages"]["grade"]["generated"] == 0
     assert again_summary["stages"]["teach"]["requests"] == 0  # every CoT was stored: nothing is asked twice
     assert pq.read_table(run_dir / "samples" / "samples.parquet").equals(samples)  # same seed, same sample
