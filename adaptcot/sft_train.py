@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs  # noqa: F401  (pa.fs: checkpoints, data and exports on local paths or URIs)
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -609,7 +610,7 @@ def train(cfg: TrainConfig, data: str, out: str) -> TrainReport:
     (the exported model), `metrics.jsonl` (one line per logging step) and `train_report.json`. The run's name is a
     fingerprint of the data and settings: running again with the same ones resumes (or, when finished, returns the
     exported model at once); other data or settings start a new run."""
-    import pyarrow.fs  # noqa: F401  (pa.fs)
+
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from transformers import AutoTokenizer
