@@ -610,7 +610,6 @@ def train(cfg: TrainConfig, data: str, out: str) -> TrainReport:
     (the exported model), `metrics.jsonl` (one line per logging step) and `train_report.json`. The run's name is a
     fingerprint of the data and settings: running again with the same ones resumes (or, when finished, returns the
     exported model at once); other data or settings start a new run."""
-
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from transformers import AutoTokenizer
