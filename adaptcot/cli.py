@@ -12,6 +12,7 @@
   adaptcot train --config C         fine-tune the student on the SFT records (Ray Train), export the model
   adaptcot eval --model M --benchmarks math500,gsm8k|FILE... [--n 8] [--out DIR] [--cascaded] [--levels BANK STUDENT]
   adaptcot report RUN_DIR           one offline HTML page of a run's figures (RUN_DIR/report.html)
+  adaptcot compare NAME=PATH NAME=PATH [--out DIR]   trace-style comparison: CoT sets, training, students
   adaptcot run --config configs/local.yaml [--set KEY=VALUE ...]
 """
 
@@ -133,7 +134,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from adaptcot import runtime
     from adaptcot.answering import EngineConfig, ResourcesConfig, SamplingConfig
     from adaptcot.config import RayConfig
-    from adaptcot.evaluation import KNOWN_BENCHMARKS, EvalConfig, LevelsConfig, evaluate, format_metrics
+    from adaptcot.evaluation import (KNOWN_BENCHMARKS, EvalConfig, LevelsConfig, evaluate, format_metrics,
+                                     load_benchmark)
 
     benchmarks = []
     for item in (b for spec in args.benchmarks for b in spec.split(",") if b):
@@ -149,6 +151,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
              "resources": ResourcesConfig(use_gpu=args.gpu)}
     cfg = EvalConfig(model=model, benchmarks=benchmarks, out=args.out, cascaded=args.cascaded,
                      levels=LevelsConfig(bank=args.levels[0], student=args.levels[1]) if args.levels else None)
+    for spec in cfg.specs():  # imported (once) before Ray starts: a benchmark that cannot be read fails first
+        load_benchmark(spec, cfg.out)
     runtime.set_cpu_env_defaults()
     runtime.init_ray(RayConfig(address=args.ray_address))
     print("\n".join(format_metrics(evaluate(cfg))))
@@ -163,6 +167,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not Path(args.run_dir).is_dir():
         raise FileNotFoundError(f"no run directory {args.run_dir}")
     print(write_report(args.run_dir))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from adaptcot.compare import format_comparison, write_comparison
+
+    sides = {}
+    for item in args.sides:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"compare: {item!r} is not NAME=PATH")
+        if name in sides:
+            raise ValueError(f"compare: side name {name!r} given twice")
+        sides[name] = path
+    comparison, page = write_comparison(sides, args.out)
+    print("\n".join(format_comparison(comparison)))
+    print(page)
     return 0
 
 
@@ -246,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate a model on benchmarks: accuracy, pass@k, majority vote, tokens")
     ev.add_argument("--model", required=True, help="a local model directory or a Hugging Face hub id")
     ev.add_argument("--benchmarks", nargs="+", required=True,
-                    help="known names (math500, aime24, aime25, gsm8k, humaneval, mbpp) or local files / hf:NAME")
+                    help="known: math500 aime24 aime25 gsm8k gpqa_diamond humaneval mbpp livecodebench; files; hf:NAME")
     ev.add_argument("--domain", choices=["math", "code"], default="math", help="for files that are not known names")
     ev.add_argument("--preset", default="adaptcot", help="column preset for files (default: the pool format)")
     ev.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN")
@@ -269,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir")
     rep.set_defaults(func=cmd_report)
 
+    cmp = sub.add_parser("compare", help="compare teachers' CoT sets and the students trained on them (trace style)")
+    cmp.add_argument("sides", nargs="+", metavar="NAME=PATH",
+                     help="a run directory, a cots.parquet, or an evaluated model's directory (eval/<model>/)")
+    cmp.add_argument("--out", default="runs/compare", help="where comparison.json and comparison.html go")
+    cmp.set_defaults(func=cmd_compare)
+
     run = sub.add_parser("run", help="run the end-to-end job on Ray")
     run.add_argument("--config", required=True)
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -282,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ConfigError, MappingError, SourceError, SandboxUnavailable, FileNotFoundError, KeyError, ValueError) as e:
         print(f"adaptcot: error: {e}", file=sys.stderr)
+        return 2
+    except ConnectionError as e:  # e.g. the Hugging Face hub, for a benchmark or model named by hub id
+        print(f"adaptcot: error: {e} (no network? give datasets as local files and models as local directories)",
+              file=sys.stderr)
         return 2
 
 

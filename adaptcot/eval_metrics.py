@@ -10,7 +10,8 @@ the whole table; `summarize_by(table, "level")` one dict per value.
 - accuracy: the mean of per-question accuracies (= mean over samples when every question has n samples), with its
   standard error over questions (samples of one question are not independent draws of the benchmark).
 - maj@n: the share of questions whose most frequent `answer_key` (ties: the answer seen first) is correct;
-  responses without an answer do not vote. Only where `answer_key` is present (math).
+  responses without an answer do not vote. Only where `answer_key` is present and, with a `domain` column, for
+  tables that hold math questions.
 - tokens: mean, median and p90 over responses, mean over correct responses; truncation rate: finish_reason
   "length".
 """
@@ -22,6 +23,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from adaptcot.schemas import require_columns
 
@@ -86,7 +88,9 @@ def summarize(table: pa.Table) -> dict:
         "tokens_per_correct": float(tokens[correct].mean()) if correct.any() else None,
         "truncation_rate": sum(f == "length" for f in finish) / len(finish),
     }
-    if "answer_key" in table.column_names:
+    # Code answers have no answer key: a majority vote over them would read as 0, not as "not applicable".
+    voting = "domain" not in table.column_names or pc.any(pc.equal(table["domain"], "math")).as_py()
+    if "answer_key" in table.column_names and voting:
         out["majority_vote"] = float(np.mean([majority_correct(q["votes"], q["correct_of"])
                                               for q in questions.values()]))
     return out

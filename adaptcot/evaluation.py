@@ -5,8 +5,9 @@ A benchmark is a known name (`KNOWN_BENCHMARKS`, loaded from the Hugging Face hu
 `source` (a local file or directory in any format `adaptcot pool import` reads, or `hf:NAME`) plus its domain and
 column mapping. It is imported once into `<out>/benchmarks/<name>/` (pool format, rejects kept), so every model
 is evaluated on the same rows. Output per model, under `<out>/<model name>/`: `samples.parquet` (one row per
-question and sample: response, tokens, finish reason, verdict, answer key, level) and `metrics.json` (per
-benchmark: overall and per level).
+question and sample: response, tokens, finish reason, verdict, answer key, level, category) and `metrics.json` (per
+benchmark: overall, per level, and per category when the source labels its questions, e.g. LiveCodeBench's
+easy/medium/hard).
 
 Cascaded inference (CasCoD-trained students, METHOD.md §2): the model first writes a rationale for the question
 (the same user turn as always), then answers a second turn built with `rationale_prompt` from the question and
@@ -16,7 +17,8 @@ Levels: with `levels.bank` set, each question's difficulty level for `levels.stu
 (questions not in the bank get none), so every metric is also reported per level.
 
 Majority vote groups math answers by their last \\boxed{} content with spaces removed, so equivalent answers written
-differently ("1/2", "0.5") vote apart. Code answers have no answer key (no majority vote).
+differently ("1/2", "0.5") vote apart; multiple-choice answers by the letter chosen (`verify_math.read_choice`).
+Code answers have no answer key (no majority vote).
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ from adaptcot.answering import SamplingConfig, StudentConfig, answer_processor, 
 from adaptcot.grading import AttemptVerifier, VerifyConfig
 from adaptcot.pool_presets import last_boxed
 from adaptcot.sft_data import RATIONALE_PROMPT
+from adaptcot.verify_math import is_choice, read_choice
 
 EVAL_SAMPLING = SamplingConfig(n=8, temperature=0.6, top_p=0.95, max_tokens=2048)
-POOL_COLUMNS = ["question_id", "domain", "question", "reference_answer", "tests", "starter_code"]
+POOL_COLUMNS = ["question_id", "domain", "question", "reference_answer", "tests", "starter_code", "category"]
 
 
 class BenchmarkSpec(BaseModel):
@@ -64,6 +67,12 @@ KNOWN_BENCHMARKS: dict[str, dict] = {
     "gsm8k": {"source": "hf:openai/gsm8k", "domain": "math", "preset": "gsm8k", "hf_config": "main"},
     "humaneval": {"source": "hf:openai/openai_humaneval", "domain": "code", "preset": "humaneval"},
     "mbpp": {"source": "hf:google-research-datasets/mbpp", "domain": "code", "preset": "mbpp", "hf_config": "full"},
+    # Gated on the hub: accept its terms and log in (HF_TOKEN) first. Options lettered at import (preset gpqa).
+    "gpqa_diamond": {"source": "hf:Idavidrein/gpqa", "domain": "math", "preset": "gpqa", "hf_config": "gpqa_diamond",
+                     "hf_split": "train"},
+    # A loading-script dataset `datasets` no longer runs: its JSON lines files are read directly (every release).
+    "livecodebench": {"source": "hf://datasets/livecodebench/code_generation_lite/test*.jsonl", "domain": "code",
+                      "preset": "livecodebench"},
 }
 
 
@@ -126,10 +135,14 @@ class JobEvalConfig(BaseModel):
 _SPACE = re.compile(r"\s+")
 
 
-def answer_key(domain: str, response: str | None) -> str | None:
-    """What majority voting groups by: the last \\boxed{} content, spaces and \\left/\\right removed (math only)."""
+def answer_key(domain: str, response: str | None, reference: str | None = None) -> str | None:
+    """What majority voting groups by: the last \\boxed{} content, spaces and \\left/\\right removed (math only);
+    the chosen letter when the reference is a multiple-choice letter."""
     if domain != "math" or not response:
         return None
+    if is_choice(reference):  # read as the verifier reads it: reasoning that never closed chose nothing
+        cut_off = "<think>" in response and "</think>" not in response
+        return None if cut_off else read_choice(response.rsplit("</think>", 1)[-1])[0]
     if "</think>" in response:
         response = response.rsplit("</think>", 1)[1]
     boxed = last_boxed(response)
@@ -138,10 +151,14 @@ def answer_key(domain: str, response: str | None) -> str | None:
     return _SPACE.sub("", boxed.replace("\\left", "").replace("\\right", "")).rstrip(".") or None
 
 
-def sample_rows(attempts: pa.Table, benchmark: str, levels: dict[str, str]) -> pa.Table:
-    """Verified attempts -> the per-sample eval table."""
+def sample_rows(attempts: pa.Table, benchmark: str, levels: dict[str, str],
+                categories: dict[str, str | None] | None = None) -> pa.Table:
+    """Verified attempts -> the per-sample eval table (`levels`, `categories`: by question id)."""
     domains, responses = attempts["domain"].to_pylist(), attempts["response"].to_pylist()
     qids = attempts["question_id"].to_pylist()
+    references = (attempts["reference_answer"].to_pylist() if "reference_answer" in attempts.column_names
+                  else [None] * attempts.num_rows)
+    categories = categories or {}
     return pa.table({
         "benchmark": pa.array([benchmark] * attempts.num_rows, pa.string()),
         "question_id": attempts["question_id"], "domain": attempts["domain"],
@@ -151,15 +168,18 @@ def sample_rows(attempts: pa.Table, benchmark: str, levels: dict[str, str]) -> p
         # An attempt nothing was decided about (engine or verifier error) counts as not correct here, and is
         # visible in `verdict`.
         "correct": pc.fill_null(attempts["correct"], False),
-        "answer_key": pa.array([answer_key(d, r) for d, r in zip(domains, responses)], pa.string()),
+        "answer_key": pa.array([answer_key(d, r, ref) for d, r, ref in zip(domains, responses, references)],
+                               pa.string()),
         "level": pa.array([levels.get(q) for q in qids], pa.string()),
+        "category": pa.array([categories.get(q) for q in qids], pa.string()),
     })
 
 
 def metrics_of(samples: pa.Table) -> dict:
     out = {"overall": eval_metrics.summarize(samples)}
-    if samples.num_rows and pc.any(pc.is_valid(samples["level"])).as_py():
-        out["by_level"] = eval_metrics.summarize_by(samples, "level")
+    for column, key in (("level", "by_level"), ("category", "by_category")):
+        if samples.num_rows and column in samples.column_names and pc.any(pc.is_valid(samples[column])).as_py():
+            out[key] = eval_metrics.summarize_by(samples, column)
     return out
 
 
@@ -282,7 +302,9 @@ def evaluate(cfg: EvalConfig) -> dict:
         answered = answer_and_verify(union.take(pa.array(sorted(first))), cfg, sampling)
         for spec in specs:
             mine = pc.is_in(answered["question_id"], value_set=pools[spec.name]["question_id"])
-            samples = sample_rows(answered.filter(mine), spec.name, levels)
+            pool = pools[spec.name]
+            categories = dict(zip(pool["question_id"].to_pylist(), pool["category"].to_pylist()))
+            samples = sample_rows(answered.filter(mine), spec.name, levels, categories)
             tables.append(samples)
             metrics["benchmarks"][spec.name] = {"sampling": sampling.model_dump(), **metrics_of(samples)}
     pq.write_table(pa.concat_tables(tables), out_dir / "samples.parquet")
@@ -304,4 +326,12 @@ def format_metrics(metrics: dict) -> list[str]:
                      + (f", maj@n {o['majority_vote']:.3f}" if "majority_vote" in o else "")
                      + f", tokens mean {o.get('tokens_mean', 0):.0f} (p90 {o.get('tokens_p90', 0):.0f}), "
                        f"truncated {o.get('truncation_rate', 0):.1%}")
+        if m.get("by_category"):
+            order = sorted(m["by_category"], key=lambda c: (_DIFFICULTY_ORDER.get(c, len(_DIFFICULTY_ORDER)), c))
+            lines.append("    by category: " + ", ".join(
+                f"{c} {m['by_category'][c].get('accuracy', 0):.3f} ({m['by_category'][c]['questions']})"
+                for c in order))
     return lines
+
+
+_DIFFICULTY_ORDER = {"easy": 0, "medium": 1, "hard": 2}  # LiveCodeBench's categories read best in this order

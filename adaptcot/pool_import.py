@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adaptcot import schemas
 from adaptcot.pool_presets import ColumnMapping, MappingError, RowProblem, read_answer, read_tests, resolve_mapping
-from adaptcot.pool_presets import solution_text
+from adaptcot.pool_presets import multiple_choice, solution_text
 from adaptcot.pool_sources import RawRow, Source, open_source
 from adaptcot.text import normalise_text, question_id
 
@@ -90,16 +90,33 @@ def _pool_row(raw: RawRow, mapping: ColumnMapping, domain: str, max_chars: int) 
     if len(question) > max_chars:
         raise RowProblem("too_long", f"{len(question)} characters > {max_chars}")
     answer = tests = None
-    if domain == "math":
+    if domain == "math" and mapping.distractors:
+        question, answer = multiple_choice(question, *_options(rec, mapping))
+        if len(question) > max_chars:
+            raise RowProblem("too_long", f"{len(question)} characters with the options > {max_chars}")
+    elif domain == "math":
         answer = read_answer(rec.get(mapping.answer) if mapping.answer else None, mapping.answer_format)
         _text(answer, "answer")
     else:
         tests = read_tests(rec, mapping)
     solution = solution_text(rec.get(mapping.solution), mapping.answer_format) if mapping.solution else None
     starter = _text(rec.get(mapping.starter_code), "starter_code") if mapping.starter_code else None
+    category = (_text(rec.get(mapping.category), "category") or "").strip() if mapping.category else None
     return {"question_id": question_id(question, domain), "domain": domain, "question": question,
             "reference_answer": answer, "reference_solution": solution, "tests": tests,
-            "starter_code": starter or None, "source": raw.source, "source_row": raw.row}
+            "starter_code": starter or None, "category": category or None, "source": raw.source,
+            "source_row": raw.row}
+
+
+def _options(rec: dict, mapping: ColumnMapping) -> tuple[str, list[str]]:
+    """(the correct option, the wrong ones) of a multiple-choice row, each normalised and non-empty."""
+    options = []
+    for column in [mapping.answer, *mapping.distractor_columns()]:
+        text = normalise_text(_text(rec.get(column), column) or "")
+        if not text:
+            raise RowProblem("missing_answer", f"option column {column!r} is empty or absent")
+        options.append(text)
+    return options[0], options[1:]
 
 
 def _reject(raw: RawRow, reason: str, detail: str, raw_text: str | None = None) -> dict:
@@ -241,10 +258,11 @@ def _open_sources(cfg: PoolImportConfig, mapping: ColumnMapping) -> list[Source]
     sources = [open_source(s, cfg.hf_split, cfg.hf_config) for s in cfg.sources]
     # A preset's optional columns (solution, starter_code, ...) may be absent from a source; required columns and
     # columns the user mapped explicitly may not.
-    must_exist = {"question", "answer" if cfg.domain == "math" else "tests"} | set(cfg.mapping)
+    must_exist = {"question", "answer" if cfg.domain == "math" else "tests", "distractors"} | set(cfg.mapping)
     for source in sources:
         have = source.column_names()
-        missing = {f: c for f, c in mapping.source_columns().items() if c not in have and f in must_exist}
+        missing = {f: c for f, c in mapping.source_columns().items()
+                   if c not in have and f.split("[")[0] in must_exist}
         if missing:
             raise MappingError(f"{source.spec}: mapped column(s) {missing} not found; the source has "
                                f"{sorted(have)[:30]}")
@@ -284,6 +302,8 @@ def import_pool(cfg: PoolImportConfig) -> ImportReport:
         raise MappingError("math questions need an answer column: set a preset or --map answer=COLUMN")
     if cfg.domain == "code" and not mapping.tests:
         raise MappingError("code questions need a tests column: set a preset or --map tests=COLUMN")
+    if cfg.domain == "code" and mapping.distractors:
+        raise MappingError("distractors (multiple choice) are for math questions only")
     sources = _open_sources(cfg, mapping)  # fails here, before anything is written
     out = Path(cfg.out)
     pool_dir, rejects_dir = out / "pool", out / "rejects"

@@ -3,21 +3,31 @@
 A `ColumnMapping` names the source column of each pool field and the format of the answer and test columns.
 `PRESETS` holds one mapping per common source; `resolve_mapping` applies command-line overrides to a preset.
 The extraction functions raise `RowProblem(reason, detail)` for a row that cannot be used; the importer turns it
-into a reject row. Not covered: sources whose tests need a custom checker program (e.g. CodeContests' special
-judges) -- their rows are imported only if the checker is not needed.
+into a reject row. Multiple choice (GPQA): `distractors` names the columns of the wrong options; `multiple_choice`
+puts the correct one among them in a fixed order and letters them. LiveCodeBench's private tests may be
+base64(zlib(pickle(JSON text))): they are unpickled with no global allowed (`_unpickle_text`), so a payload that
+would run code is a rejected row, never a call. Not covered: sources whose tests need a custom checker program
+(e.g. CodeContests' special judges) -- their rows are imported only if the checker is not needed.
 """
 
 from __future__ import annotations
 
+import base64
 import builtins
+import hashlib
+import io
 import json
+import pickle
 import re
+import zlib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 AnswerFormat = Literal["plain", "boxed", "gsm8k"]
-TestsFormat = Literal["apps_io", "assert_check", "assert_list", "adaptcot"]
+TestsFormat = Literal["apps_io", "assert_check", "assert_list", "adaptcot", "livecodebench"]
+CHOICE_LETTERS = "ABCDEFGHIJ"  # at most ten options: a reference answer that is one of these letters is a choice
+MAX_TESTS_BYTES = 256 << 20  # a compressed tests column may not decompress to more than this
 
 
 class RowProblem(ValueError):
@@ -40,11 +50,28 @@ class ColumnMapping(BaseModel):
     starter_code: str | None = None
     setup_code: str | None = None
     id: str | None = None
+    category: str | None = None  # a label carried along for per-category metrics (LiveCodeBench's difficulty)
+    distractors: str | None = None  # math: comma-separated columns of the wrong options; `answer` is the right one
+    extra_tests: str | None = None  # a second tests column appended to `tests` (livecodebench: the private tests)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.distractors is not None and not 1 <= len(self.distractor_columns()) < len(CHOICE_LETTERS):
+            raise ValueError(f"distractors: 1 to {len(CHOICE_LETTERS) - 1} comma-separated columns, got "
+                             f"{self.distractors!r}")
+        if self.extra_tests is not None and self.tests_format != "livecodebench":
+            raise ValueError("extra_tests: only with tests_format livecodebench")
+        return self
+
+    def distractor_columns(self) -> list[str]:
+        return [c.strip() for c in (self.distractors or "").split(",") if c.strip()]
 
     def source_columns(self) -> dict[str, str]:
-        """{pool field: source column} for every mapped field."""
-        fields = ("question", "answer", "solution", "tests", "entry_point", "starter_code", "setup_code", "id")
-        return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
+        """{pool field: source column} for every mapped field (distractors as `distractors[i]`)."""
+        fields = ("question", "answer", "solution", "tests", "extra_tests", "entry_point", "starter_code",
+                  "setup_code", "id", "category")
+        columns = {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
+        return {**columns, **{f"distractors[{i}]": c for i, c in enumerate(self.distractor_columns())}}
 
 
 PRESETS: dict[str, ColumnMapping] = {
@@ -63,6 +90,13 @@ PRESETS: dict[str, ColumnMapping] = {
     # MBPP: a list of assert statements, optional setup code.
     "mbpp": ColumnMapping(question="text", tests="test_list", tests_format="assert_list",
                           setup_code="test_setup_code", id="task_id"),
+    # GPQA (Idavidrein/gpqa): the correct answer and three wrong ones, shuffled and lettered at import.
+    "gpqa": ColumnMapping(question="Question", answer="Correct Answer", id="Record ID",
+                          distractors="Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3"),
+    # LiveCodeBench (livecodebench/code_generation_lite): public + private tests, stdin or LeetCode-style calls.
+    "livecodebench": ColumnMapping(question="question_content", starter_code="starter_code",
+                                   tests="public_test_cases", extra_tests="private_test_cases",
+                                   tests_format="livecodebench", category="difficulty", id="question_id"),
     # A pool written by adaptcot (or a file already in its form).
     "adaptcot": ColumnMapping(question="question", answer="reference_answer", tests="tests",
                               tests_format="adaptcot", starter_code="starter_code"),
@@ -119,6 +153,19 @@ def read_answer(value: Any, fmt: AnswerFormat) -> str:
             raise RowProblem("missing_answer", "empty '####' answer")
         return answer
     return text.strip()
+
+
+def multiple_choice(question: str, correct: str, distractors: list[str]) -> tuple[str, str]:
+    """(the question with its lettered options appended, the letter of the correct one).
+
+    The order is the options sorted by sha256(question, option): a shuffle fixed by the text, so the same source
+    gives the same letters on every import, machine and Python version."""
+    options = [correct, *distractors]
+    if len(set(options)) < len(options):
+        raise RowProblem("missing_answer", "two options have the same text")
+    order = sorted(options, key=lambda o: hashlib.sha256(f"{question}\n{o}".encode("utf-8")).digest())
+    lettered = "\n".join(f"{letter}) {option}" for letter, option in zip(CHOICE_LETTERS, order))
+    return f"{question}\n\n{lettered}", CHOICE_LETTERS[order.index(correct)]
 
 
 def solution_text(value: Any, answer_format: AnswerFormat) -> str | None:
@@ -210,9 +257,86 @@ def _native_tests(value: Any) -> dict:
             "fn_name": spec.get("fn_name")}
 
 
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: every way a pickle names a callable (GLOBAL, STACK_GLOBAL, INST, EXT*) goes
+    through find_class, and a pickle without a callable cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"pickled tests name {module}.{name}: refused")
+
+
+def _unpickle_text(value: str, what: str) -> str:
+    """LiveCodeBench's compressed tests: base64 of zlib of a pickled JSON string."""
+    try:
+        inflater = zlib.decompressobj()
+        data = inflater.decompress(base64.b64decode(value, validate=True), MAX_TESTS_BYTES)
+        if inflater.unconsumed_tail:
+            raise RowProblem("bad_tests", f"{what} holds more than {MAX_TESTS_BYTES >> 20} MB once decompressed")
+        text = _NoGlobalsUnpickler(io.BytesIO(data)).load()
+    except RowProblem:
+        raise
+    except Exception as e:  # untrusted bytes: whatever fails to decode is a bad row, not a crash
+        raise RowProblem("bad_tests", f"{what} is neither JSON nor base64/zlib/pickle ({type(e).__name__}: {e})")
+    if not isinstance(text, str):
+        raise RowProblem("bad_tests", f"{what} unpickles to a {type(text).__name__}, not a JSON string")
+    return text
+
+
+def _lcb_cases(value: Any, what: str) -> list[dict]:
+    if isinstance(value, str) and not value.lstrip().startswith("["):  # base64 never starts with "["
+        value = _unpickle_text(value.strip(), what)
+    cases = _as_json(value, what)
+    keys = {"input", "output", "testtype"}
+    if not isinstance(cases, list) or not all(isinstance(c, dict) and keys <= c.keys() for c in cases):
+        raise RowProblem("bad_tests", f"{what} is not a list of {{input, output, testtype}}")
+    return cases
+
+
+def _lcb_fn_name(metadata: Any, starter_code: Any) -> str:
+    try:
+        meta = json.loads(metadata) if isinstance(metadata, str) else metadata
+    except json.JSONDecodeError:
+        meta = None
+    name = meta.get("func_name") if isinstance(meta, dict) else None
+    found = re.search(r"\bdef\s+([A-Za-z_]\w*)\s*\(", starter_code) if isinstance(starter_code, str) else None
+    if not (name or found):
+        raise RowProblem("bad_tests", "functional tests, but no metadata.func_name and no def in starter_code")
+    return str(name or found.group(1))
+
+
+def _lcb_call_case(case: dict) -> dict:
+    # LiveCodeBench writes a call's arguments as one JSON value per line; the pool form is one JSON array.
+    try:
+        args = [json.loads(line) for line in str(case["input"]).splitlines() if line.strip()]
+        json.loads(str(case["output"]))
+    except json.JSONDecodeError as e:
+        raise RowProblem("bad_tests", f"functional case is not one JSON value per line ({e.msg})")
+    return {"input": json.dumps(args), "output": str(case["output"])}
+
+
+def _livecodebench_tests(public: Any, private: Any, starter_code: Any, metadata: Any) -> dict:
+    cases = _lcb_cases(public, "public_test_cases")
+    if not _blank(private):
+        cases += _lcb_cases(private, "private_test_cases")
+    if not cases:
+        raise RowProblem("bad_tests", "no test cases")
+    types = {c["testtype"] for c in cases}
+    if len(types) != 1 or not types <= {"stdin", "functional"}:
+        raise RowProblem("bad_tests", f"test types {sorted(map(str, types))}: expected all stdin or all functional")
+    if types == {"stdin"}:
+        return {"kind": "stdin_stdout", "cases": [{"input": str(c["input"]), "output": str(c["output"])}
+                                                  for c in cases]}
+    return {"kind": "call", "cases": [_lcb_call_case(c) for c in cases],
+            "fn_name": _lcb_fn_name(metadata, starter_code)}
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
 def read_tests(record: dict, mapping: ColumnMapping) -> dict:
     value = record.get(mapping.tests) if mapping.tests else None
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if _blank(value):
         raise RowProblem("bad_tests", "no tests")
     entry_point = record.get(mapping.entry_point) if mapping.entry_point else None
     if mapping.tests_format == "apps_io":
@@ -222,6 +346,10 @@ def read_tests(record: dict, mapping: ColumnMapping) -> dict:
     elif mapping.tests_format == "assert_list":
         setup = record.get(mapping.setup_code) if mapping.setup_code else None
         tests = _assert_list_tests(value, setup, entry_point)
+    elif mapping.tests_format == "livecodebench":
+        private = record.get(mapping.extra_tests) if mapping.extra_tests else None
+        starter = record.get(mapping.starter_code) if mapping.starter_code else None
+        tests = _livecodebench_tests(value, private, starter, record.get("metadata"))
     else:
         tests = _native_tests(value)
     return {"kind": tests["kind"], "cases": tests.get("cases"), "fn_name": tests.get("fn_name"),

@@ -4,7 +4,9 @@
 import memory does not grow with the pool. A row that cannot be read as a record (a broken JSON line, invalid UTF-8,
 a CSV line with the wrong number of fields) is yielded with `problem` set instead of being dropped or aborting the
 file. Source specs: a file path (`.jsonl`, `.json`, `.jsonl.gz`, `.parquet`, `.csv`, `.tsv`), a local directory
-(a `datasets` `save_to_disk` folder or a folder of data files), or `hf:NAME` for a dataset on the Hugging Face hub.
+(a `datasets` `save_to_disk` folder or a folder of data files), `hf:NAME` for a dataset on the Hugging Face hub, or
+`hf://datasets/OWNER/NAME/GLOB` for data files of a hub dataset read directly (JSON lines or Parquet), which is how
+datasets whose loading script `datasets` no longer runs are read (LiveCodeBench).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _open_binary(path: Path):
 @dataclass(frozen=True)
 class Source:
     spec: str
-    kind: str  # jsonl | json_array | parquet | csv | tsv | hf_disk | hf
+    kind: str  # jsonl | json_array | parquet | csv | tsv | hf_disk | hf | hf_files
     hf_split: str = "train"
     hf_config: str | None = None
 
@@ -56,7 +58,8 @@ class Source:
 
     def rows(self) -> Iterator[RawRow]:
         reader = {"jsonl": self._jsonl, "json_array": self._json_array, "parquet": self._parquet,
-                  "csv": self._csv, "tsv": self._csv, "hf_disk": self._hf, "hf": self._hf}[self.kind]
+                  "csv": self._csv, "tsv": self._csv, "hf_disk": self._hf, "hf": self._hf,
+                  "hf_files": self._hf}[self.kind]
         return reader()
 
     def column_names(self, peek_rows: int = 100) -> set[str]:
@@ -165,6 +168,9 @@ def _hf_iterable(source: Source):
                 raise SourceError(f"{source.spec}: no split {source.hf_split!r}; it has {list(ds)}")
             ds = ds[source.hf_split]
         return ds
+    if source.kind == "hf_files":  # data files by URL or glob (fsspec: HfFileSystem for hf://); always one split
+        builder = "parquet" if source.spec.endswith(".parquet") else "json"
+        return datasets.load_dataset(builder, data_files=source.spec, split="train", streaming=True)
     name = source.spec[len("hf:"):] if source.spec.startswith("hf:") else source.spec
     return datasets.load_dataset(name, source.hf_config, split=source.hf_split, streaming=True)
 
@@ -173,6 +179,10 @@ _SUFFIX_KIND = {".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".
 
 
 def open_source(spec: str, hf_split: str = "train", hf_config: str | None = None) -> Source:
+    if spec.startswith("hf://"):
+        if not spec.endswith((".jsonl", ".json", ".jsonl.gz", ".parquet")):
+            raise SourceError(f"{spec}: hub data files must end in .jsonl, .json, .jsonl.gz or .parquet")
+        return Source(spec, "hf_files")
     if spec.startswith("hf:"):
         return Source(spec, "hf", hf_split, hf_config)
     path = Path(spec)

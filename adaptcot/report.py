@@ -2,53 +2,28 @@
 
 Figures, each drawn when its data is in the run directory and otherwise listed with what is missing:
 - level histogram per student and grader (`bank/`);
-- the sampling distribution against the sampled set's levels (`samples/distribution.json`, `samples.parquet`);
-- teacher CoTs kept and dropped per level, and teacher tokens per level (`teach/cots.parquet`);
+- P_eval and P_C against the sampled set's levels (`samples/distribution.json`, `samples.parquet`; P_eval also from
+  the levels of the evaluated questions in `eval/*-before/samples.parquet` when sampling used P_C);
+- teacher CoTs kept and dropped per level, keep rate and teacher tokens per level (`teach/cots.parquet`);
 - training loss per step, with CasCoD's two losses when present (`train/metrics.jsonl`);
-- accuracy against mean tokens per response, per model and benchmark (`eval/*/metrics.json`): the trace-style and
-  before/after comparison in one plot, with a table of the numbers.
+- accuracy per difficulty level for every evaluated model, i.e. before and after SFT (`eval/*/metrics.json`);
+- accuracy against mean tokens per response, per model and benchmark, with a table of the numbers.
+Comparing two runs (two teachers' trace styles, two students) is `adaptcot compare` (`compare.py`).
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from adaptcot import html_page
+from adaptcot.html_page import figure, grouped_bars, png
 from adaptcot.schemas import LEVELS_EASIEST_FIRST
 
 LEVEL_ORDER = [lv.value for lv in LEVELS_EASIEST_FIRST]
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
-    return plt, fig, ax
-
-
-def _png(plt, fig) -> str:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _bars(ax, groups: dict[str, dict[str, float]], levels: list[str]) -> None:
-    width = 0.8 / max(1, len(groups))
-    for i, (name, values) in enumerate(groups.items()):
-        ax.bar([j + i * width for j in range(len(levels))], [values.get(lv, 0) for lv in levels], width, label=name)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(levels))], levels, rotation=20, fontsize=8)
-    ax.legend(fontsize=8)
 
 
 def level_histograms(run: Path):
@@ -57,11 +32,23 @@ def level_histograms(run: Path):
     rows = bank.summary(run / "bank") if (run / "bank" / "bank").exists() else []
     if not rows:
         return None, "no graded student in bank/"
-    plt, fig, ax = _figure()
-    _bars(ax, {f"{r['student']} ({r['questions']} q)": r["levels"] for r in rows}, LEVEL_ORDER)
+    plt, fig, ax = figure()
+    grouped_bars(ax, {f"{r['student']} ({r['questions']} q)": r["levels"] for r in rows}, LEVEL_ORDER)
     ax.set_ylabel("questions")
     ax.set_title("Difficulty levels per student")
-    return _png(plt, fig), None
+    return png(plt, fig), None
+
+
+def eval_level_shares(run: Path) -> tuple[dict[str, float], int] | None:
+    """P_eval read off an evaluation of the graded student: the level shares of its evaluated questions that the
+    bank holds (the student's own levels, so this is its level histogram on the eval set)."""
+    for path in sorted((run / "eval").glob("*-before/samples.parquet")):
+        table = pq.read_table(path, columns=["question_id", "level"])
+        levels = {q: lv for q, lv in zip(table["question_id"].to_pylist(), table["level"].to_pylist()) if lv}
+        if levels:
+            counts = Counter(levels.values())
+            return {lv: counts.get(lv, 0) / len(levels) for lv in LEVEL_ORDER}, len(levels)
+    return None
 
 
 def sampling_distribution(run: Path):
@@ -71,38 +58,67 @@ def sampling_distribution(run: Path):
     dist = json.loads(dist_path.read_text())
     counts = Counter(pq.read_table(samples_path, columns=["level"])["level"].to_pylist())
     total = sum(counts.values()) or 1
-    plt, fig, ax = _figure()
-    label = {"eval": "P_eval (student on the eval set)", "curriculum": "P_C (curriculum prior)"}.get(dist["kind"],
-                                                                                                    dist["kind"])
-    _bars(ax, {label: dist["weights"], f"sampled set ({total})": {k: v / total for k, v in counts.items()}},
-          LEVEL_ORDER)
+    groups = {}
+    if dist["kind"] == "eval":
+        graded = dist.get("provenance", {}).get("graded_eval_questions")
+        groups[f"P_eval (used; {graded} eval questions)"] = dist["weights"]
+    else:
+        groups["P_C (curriculum prior, used)"] = dist["weights"]
+        measured = eval_level_shares(run)
+        if measured:
+            groups[f"P_eval (student's levels on {measured[1]} eval questions)"] = measured[0]
+    groups[f"sampled set ({total} questions)"] = {k: v / total for k, v in counts.items()}
+    plt, fig, ax = figure()
+    grouped_bars(ax, groups, LEVEL_ORDER)
     ax.set_ylabel("share of questions")
-    ax.set_title("Sampling distribution and the sampled questions")
-    return _png(plt, fig), None
+    ax.set_title("Difficulty distributions and the sampled questions")
+    return png(plt, fig), None
+
+
+def teacher_levels(run: Path) -> list[dict]:
+    """Per level: CoTs, kept, keep rate, mean completion tokens of all and of kept CoTs."""
+    path = run / "teach" / "cots.parquet"
+    if not path.exists():
+        return []
+    table = pq.read_table(path, columns=["level", "drop_reason", "completion_tokens"])
+    rows: dict[str, dict] = {}
+    for level, reason, n in zip(*(table[c].to_pylist() for c in ("level", "drop_reason", "completion_tokens"))):
+        row = rows.setdefault(level or "(none)", {"level": level or "(none)", "cots": 0, "kept": 0, "tokens": [],
+                                                  "kept_tokens": []})
+        row["cots"] += 1
+        row["tokens"].append(n or 0)
+        if reason is None:
+            row["kept"] += 1
+            row["kept_tokens"].append(n or 0)
+    order = [lv for lv in LEVEL_ORDER if lv in rows] + sorted(set(rows) - set(LEVEL_ORDER))
+    out = []
+    for level in order:
+        r = rows[level]
+        out.append({"level": level, "cots": r["cots"], "kept": r["kept"], "keep_rate": r["kept"] / r["cots"],
+                    "tokens_mean": sum(r["tokens"]) / len(r["tokens"]),
+                    "kept_tokens_mean": sum(r["kept_tokens"]) / len(r["kept_tokens"]) if r["kept_tokens"] else None})
+    return out
 
 
 def teacher_per_level(run: Path):
-    path = run / "teach" / "cots.parquet"
-    if not path.exists():
+    rows = teacher_levels(run)
+    if not rows:
         return None, "no teach/cots.parquet"
-    table = pq.read_table(path, columns=["level", "drop_reason", "completion_tokens"])
-    levels = [lv for lv in LEVEL_ORDER if lv in set(table["level"].to_pylist())] or ["(none)"]
-    kept, dropped, tokens = Counter(), Counter(), {}
-    for level, reason, n in zip(*(table[c].to_pylist() for c in ("level", "drop_reason", "completion_tokens"))):
-        (kept if reason is None else dropped)[level] += 1
-        tokens.setdefault(level, []).append(n or 0)
-    plt, fig, ax = _figure()
-    ax.bar(levels, [kept[lv] for lv in levels], label="kept")
-    ax.bar(levels, [dropped[lv] for lv in levels], bottom=[kept[lv] for lv in levels], label="dropped")
+    levels = [r["level"] for r in rows]
+    plt, fig, ax = figure()
+    ax.bar(levels, [r["kept"] for r in rows], label="kept")
+    ax.bar(levels, [r["cots"] - r["kept"] for r in rows], bottom=[r["kept"] for r in rows], label="dropped")
+    for i, r in enumerate(rows):
+        ax.annotate(f"{r['keep_rate']:.0%}", (i, r["cots"]), ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(0, 1.3 * max(r["cots"] for r in rows))  # room for the keep rates and the legend
     ax2 = ax.twinx()
-    ax2.plot(levels, [sum(tokens.get(lv, [0])) / max(1, len(tokens.get(lv, []))) for lv in levels], "k.-",
-             label="mean teacher tokens")
+    ax2.plot(levels, [r["tokens_mean"] for r in rows], "k.-", label="mean teacher tokens")
     ax2.set_ylabel("tokens per CoT")
-    ax.set_ylabel("CoTs")
+    ax.set_ylabel("CoTs (keep rate on top)")
     ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("Teacher CoTs per level: kept, dropped, length")
-    return _png(plt, fig), None
+    return png(plt, fig), None
 
 
 def training_loss(run: Path):
@@ -112,7 +128,7 @@ def training_loss(run: Path):
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows:
         return None, "train/metrics.jsonl is empty"
-    plt, fig, ax = _figure()
+    plt, fig, ax = figure()
     for key in ("loss", "loss_rationale", "loss_answer"):
         points = [(r["step"], r[key]) for r in rows if key in r]
         if points:
@@ -121,87 +137,115 @@ def training_loss(run: Path):
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
     ax.set_title("Training loss")
-    return _png(plt, fig), None
+    return png(plt, fig), None
+
+
+def eval_metrics(run: Path) -> list[dict]:
+    """Every eval/*/metrics.json of the run: models evaluated before SFT first, then by name."""
+    paths = sorted((run / "eval").glob("*/metrics.json"), key=lambda p: (not p.parent.name.endswith("-before"),
+                                                                          p.parent.name))
+    return [json.loads(p.read_text()) for p in paths]
 
 
 def eval_results(run: Path) -> list[dict]:
-    """One row per (model, benchmark) from every eval/*/metrics.json."""
+    """One row per (model, benchmark)."""
     out = []
-    for path in sorted((run / "eval").glob("*/metrics.json")):
-        metrics = json.loads(path.read_text())
+    for metrics in eval_metrics(run):
         for bench, m in metrics.get("benchmarks", {}).items():
             o = m.get("overall", {})
             if o.get("questions"):
-                out.append({"model": metrics.get("name", path.parent.name), "benchmark": bench,
-                            "accuracy": o["accuracy"], "accuracy_se": o.get("accuracy_se") or 0.0,
-                            "tokens_mean": o["tokens_mean"], "questions": o["questions"],
+                ks = o.get("pass_at_k") or {}
+                top = max(ks, key=int) if ks else None
+                out.append({"model": metrics.get("name", "?"), "benchmark": bench, "accuracy": o["accuracy"],
+                            "accuracy_se": o.get("accuracy_se") or 0.0, "tokens_mean": o["tokens_mean"],
+                            "tokens_per_correct": o.get("tokens_per_correct"), "questions": o["questions"],
                             "samples_per_question": o.get("samples_per_question"),
+                            "pass_at_n": ks.get(top) if top else None, "majority_vote": o.get("majority_vote"),
                             "truncation_rate": o.get("truncation_rate", 0.0)})
     return out
+
+
+def accuracy_per_level(run: Path):
+    """Before and after SFT: accuracy per difficulty level of every evaluated model, one panel per benchmark."""
+    per_bench: dict[str, dict[str, dict[str, float]]] = {}
+    for metrics in eval_metrics(run):
+        for bench, m in metrics.get("benchmarks", {}).items():
+            by_level = m.get("by_level") or {}
+            if by_level:
+                per_bench.setdefault(bench, {})[metrics.get("name", "?")] = {
+                    lv: v["accuracy"] for lv, v in by_level.items() if v.get("questions")}
+    if not per_bench:
+        return None, "no evaluation with per-level metrics (eval levels off, or no evaluated question in the bank)"
+    plt, fig, axes = figure(7, 3.4 * len(per_bench), nrows=len(per_bench))
+    for ax, (bench, models) in zip(axes if len(per_bench) > 1 else [axes], per_bench.items()):
+        present = [lv for lv in LEVEL_ORDER if any(lv in m for m in models.values())]
+        present += sorted({lv for m in models.values() for lv in m} - set(LEVEL_ORDER))
+        grouped_bars(ax, models, present)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{bench}: accuracy per level of the graded student")
+    return png(plt, fig), None
 
 
 def accuracy_vs_tokens(run: Path):
     rows = eval_results(run)
     if not rows:
         return None, "no eval/*/metrics.json"
-    plt, fig, ax = _figure()
+    plt, fig, ax = figure()
+    scatter_accuracy_tokens(ax, rows)
+    ax.set_title("Accuracy against tokens per answer")
+    return png(plt, fig), None
+
+
+def scatter_accuracy_tokens(ax, rows: list[dict], label_key: str = "model") -> None:
+    """Accuracy (± SE) against mean tokens per response, one series per benchmark, points labelled."""
     for bench in sorted({r["benchmark"] for r in rows}):
         mine = [r for r in rows if r["benchmark"] == bench]
         ax.errorbar([r["tokens_mean"] for r in mine], [r["accuracy"] for r in mine],
                     yerr=[r["accuracy_se"] for r in mine], fmt="o", capsize=3, label=bench)
         for r in mine:
-            ax.annotate(r["model"], (r["tokens_mean"], r["accuracy"]), fontsize=7, xytext=(4, 4),
+            ax.annotate(r[label_key], (r["tokens_mean"], r["accuracy"]), fontsize=7, xytext=(4, 4),
                         textcoords="offset points")
+    ax.margins(x=0.2)  # room for the labels
     ax.set_xlabel("mean tokens per response")
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8)
-    ax.set_title("Accuracy against tokens per answer")
-    return _png(plt, fig), None
+
+
+def eval_table(rows: list[dict]) -> str:
+    return html_page.table("evaluation", ["model", "benchmark", "questions × n", "accuracy", "± SE", "pass@n",
+                                          "maj@n", "tokens / response", "tokens / correct", "truncated"],
+                           [[r["model"], r["benchmark"], f"{r['questions']} × {r['samples_per_question']}",
+                             r["accuracy"], r["accuracy_se"], r["pass_at_n"], r["majority_vote"],
+                             f"{r['tokens_mean']:.0f}", None if r["tokens_per_correct"] is None
+                             else f"{r['tokens_per_correct']:.0f}", f"{r['truncation_rate']:.1%}"] for r in rows])
+
+
+def teacher_table(rows: list[dict]) -> str:
+    return html_page.table("teacher", ["level", "CoTs", "kept", "keep rate", "tokens / CoT", "tokens / kept CoT"],
+                           [[r["level"], r["cots"], r["kept"], f"{r['keep_rate']:.0%}", f"{r['tokens_mean']:.0f}",
+                             None if r["kept_tokens_mean"] is None else f"{r['kept_tokens_mean']:.0f}"]
+                            for r in rows])
 
 
 FIGURES = (("levels", "Difficulty levels", level_histograms),
            ("sampling", "Sampling distribution", sampling_distribution),
            ("teacher", "Teacher CoTs", teacher_per_level),
            ("training", "Training", training_loss),
-           ("evaluation", "Evaluation", accuracy_vs_tokens))
+           ("levels_eval", "Before and after SFT, per level", accuracy_per_level),
+           ("evaluation", "Accuracy against tokens", accuracy_vs_tokens))
 
 
 def render(run_dir: str | Path) -> str:
     run = Path(run_dir)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>adaptcot run {html.escape(run.name)}</title>"
-             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
-             "img{max-width:100%}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .5em}"
-             ".missing{color:#888}</style></head><body>",
-             f"<h1>adaptcot run: {html.escape(str(run))}</h1>"]
+    tables = {"teacher": lambda: teacher_table(teacher_levels(run)),
+              "evaluation": lambda: eval_table(eval_results(run))}
+    body = []
     for key, title, draw in FIGURES:
-        png, missing = draw(run)
-        parts.append(f"<h2 id='{key}'>{title}</h2>")
-        if png:
-            parts.append(f"<figure data-figure='{key}'><img alt='{title}' src='data:image/png;base64,{png}'>"
-                         "</figure>")
-        else:
-            parts.append(f"<p class='missing' data-missing='{key}'>Not available: {html.escape(missing)}.</p>")
-        if key == "evaluation":
-            parts.append(_eval_table(eval_results(run)))
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def _eval_table(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    head = "<tr><th>model</th><th>benchmark</th><th>questions × n</th><th>accuracy ± SE</th>" \
-           "<th>tokens / response</th><th>truncated</th></tr>"
-    body = "".join(f"<tr><td>{html.escape(r['model'])}</td><td>{html.escape(r['benchmark'])}</td>"
-                   f"<td>{r['questions']} × {r['samples_per_question']}</td>"
-                   f"<td>{r['accuracy']:.3f} ± {r['accuracy_se']:.3f}</td><td>{r['tokens_mean']:.0f}</td>"
-                   f"<td>{r['truncation_rate']:.1%}</td></tr>" for r in rows)
-    return f"<table data-table='evaluation'>{head}{body}</table>"
+        image, missing = draw(run)
+        body.append(html_page.section(key, title, image, missing, tables[key]() if key in tables else ""))
+    return html_page.page(f"adaptcot run: {run}", body)
 
 
 def write_report(run_dir: str | Path) -> Path:
-    path = Path(run_dir) / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(render(run_dir), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return html_page.write_atomic(Path(run_dir) / "report.html", render(run_dir))

@@ -131,6 +131,11 @@ def _test_process(request, case_input, report_fd, out_fd, err_fd):
     os._exit(status & 0xFF)
 
 
+CALL_PRELUDE = ("from typing import *\nfrom collections import *\nfrom heapq import *\nfrom bisect import *\n"
+                "from itertools import *\nfrom functools import *\n"
+                "import math, collections, heapq, bisect, itertools, functools, re, string\n")
+
+
 def _run_program(request, report):
     try:
         code = compile(request["code"], "solution.py", "exec")
@@ -141,6 +146,8 @@ def _run_program(request, report):
     namespace = {"__name__": "__main__" if kind == "stdin_stdout" else "solution", "__builtins__": __builtins__}
     report({"event": "start"})
     try:
+        if kind == "call":  # LeetCode's judge pre-imports these; its starter code uses List[int] without an import
+            exec(CALL_PRELUDE, namespace)
         exec(code, namespace)
         if kind == "call":
             _run_calls(request, namespace, report)

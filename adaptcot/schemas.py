@@ -14,7 +14,7 @@ from enum import Enum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: teacher_cots verdict and drop columns, samples, sft_records.cot_id
+SCHEMA_VERSION = 3  # 2: teacher_cots verdict and drop columns, samples, sft_records.cot_id; 3: pool.category
 
 
 def _tagged(name: str, fields: list[pa.Field]) -> pa.Schema:
@@ -67,6 +67,9 @@ POOL = _tagged("pool", [
     pa.field("reference_solution", pa.string()),
     pa.field("tests", CODE_TESTS),
     pa.field("starter_code", pa.string()),
+    # A label the source gives a question, carried along for per-category metrics (e.g. LiveCodeBench's difficulty
+    # easy/medium/hard). Pools written before version 3 lack the column: read with POOL, it is null.
+    pa.field("category", pa.string()),
     pa.field("source", pa.string(), nullable=False),
     pa.field("source_row", pa.int64(), nullable=False),
 ])

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adaptcot import schemas
 from adaptcot.answering import CODE_PROMPT, MATH_PROMPT, SamplingConfig, StudentConfig, build_messages
+from adaptcot.progress import bar
 from adaptcot.teacher_client import ChatClient, ChatResult, EndpointConfig, split_reasoning
 
 
@@ -167,6 +168,7 @@ def teach_endpoint(samples: pa.Table, cfg: TeacherConfig, out: str | Path) -> Te
                 for key, sample, _ in todo)
     by_key = {key: (sample, index) for key, sample, index in todo}
     journal = open(out / "journal" / f"{uuid.uuid4().hex}.jsonl", "a", encoding="utf-8")
+    progress = bar(len(todo), f"teacher {cfg.name}", "CoT")
 
     def on_result(key: str, result: ChatResult) -> None:
         sample, index = by_key[key]
@@ -175,11 +177,14 @@ def teach_endpoint(samples: pa.Table, cfg: TeacherConfig, out: str | Path) -> Te
         report.received += result.error is None
         report.failed += result.error is not None
         report.cost_usd += cfg.prices.cost(result.prompt_tokens, result.completion_tokens)
+        progress.update()
+        progress.set_postfix(failed=report.failed, usd=f"{report.cost_usd:.2f}", refresh=False)
 
     try:
         asyncio.run(client.run(requests, on_result))
     finally:
         journal.close()
+        progress.close()
     report.retries = client.retries
     report.stored = sum(1 for r in stored_rows(out).values() if not r.get("error"))
     return report

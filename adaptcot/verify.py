@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from adaptcot.pool_sources import RawRow, open_source
+from adaptcot.progress import bar
 from adaptcot.schemas import TEST_KINDS
 from adaptcot.verify_code import CodeVerifier, CodeVerifyConfig
 from adaptcot.verify_math import MathVerifier
@@ -124,8 +125,10 @@ def verify_file(input_path: str, output: str, code_config: CodeVerifyConfig = Co
     tmp_rejects = Path(f"{rejects_path(output)}.tmp")
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with MathVerifier(math_workers, math_timeout_s) as math, CodeVerifier(code_config) as code, \
-            open(tmp_rejects, "w") as rejects, open(tmp_out, "w") as jsonl:
+            open(tmp_rejects, "w") as rejects, open(tmp_out, "w") as jsonl, \
+            bar(desc="verify", unit="row") as progress:
         for batch in _batches(source.rows(), batch_rows):
+            progress.update(len(batch))
             good = []
             for raw in batch:
                 problem = raw.problem or _problem_of(raw.record)

@@ -17,7 +17,8 @@ sandbox_error (the harness's fault: `correct` is None, never counted against the
 
 Not covered: a program written against this harness's internals could forge the report of an assert whose
 expected value is computed by the test code (not a literal); special judges (several right answers) and
-interactive problems are not supported; programs get the standard library only.
+interactive problems are not supported; programs get the standard library only (call tests run after
+LeetCode's usual pre-imports: `typing`, `collections`, `heapq`, `bisect`, `itertools`, `functools`).
 """
 
 from __future__ import annotations

@@ -15,8 +15,14 @@ Which answer is read from a response:
 - else, only if the whole response is one short line ("72", "$\\frac{3}{4}$"), that line.
 A bare last number in prose is not taken: it would credit reasoning that stopped mid-way at the right value.
 
-Not covered: no LLM judge yet (free-text and proof answers are compared as strings, if at all); no multiple
-choice letters beyond what Math-Verify does by itself; degrees are not converted to radians; a response cut off
+Multiple choice: a reference answer that is one uppercase letter A-J (GPQA, imported with `distractors`) is an
+option letter. The response's choice is the letter of its last `\\boxed{}` ("C", "(C)", "\\text{C}", "C) 42 eV"; a
+box holding anything else is no answer), else of its last answer marker ("the answer is (C)", "Answer: C",
+"**Answer:** C", read by Math-Verify's string extraction), else a response that is nothing but the letter;
+verdicts passed, wrong_answer or no_answer.
+
+Not covered: no LLM judge yet (free-text and proof answers are compared as strings, if at all); a choice given
+only as the option's text, not its letter, is no answer; degrees are not converted to radians; a response cut off
 without think tags but with an answer marker in its reasoning is graded on that marker (filter on
 `finish_reason == "length"` upstream if that matters). Math-Verify's own `signal.alarm` timeouts are never used
 (they break in Ray workers and threads: Math-Verify issues #50/#55); time limits come from killing processes.
@@ -33,6 +39,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from adaptcot.pool_presets import CHOICE_LETTERS, last_boxed
 from adaptcot.schemas import require_columns
 
 VERDICTS = ("passed", "wrong_answer", "no_answer", "timeout", "error")
@@ -44,6 +51,11 @@ _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+(?:\{[^{}]*\})?")  # \text{ cm}, \frac,
 _PROSE = re.compile(r"[A-Za-z]{2,}\s+[A-Za-z]{2,}")  # two words in a row: a sentence, not a formula
 _GSM8K_MARK = re.compile(r"^[ \t]*####[ \t]*", re.MULTILINE)
 _MATH_DELIMITERS = ("$", "\\(", "\\[", "\\boxed", "\\fbox")
+# Math-Verify's string extraction needs a space before the letter, so "(C)" and "C)" are strings of their own.
+_MARKER_STRINGS = (*CHOICE_LETTERS, *(f"({c})" for c in CHOICE_LETTERS), *(f"{c})" for c in CHOICE_LETTERS))
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
+_BOXED_CHOICE = re.compile(r"\(?([A-J])(?:\)|[.:\s]|$)", re.IGNORECASE)  # "C", "(C)", "C) 42 eV", "c."
+_BARE_CHOICE = re.compile(r"\(?([A-J])\)?\.?")
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,8 @@ def verify_math(response: str | None, reference: str | None) -> Verdict:
     """Grade one response against one reference answer (no time limit: use `MathVerifier` for untrusted input)."""
     from math_verify import verify
 
+    if is_choice(reference):
+        return _verify_choice(response, reference.strip())
     gold = _parse_bare(reference) if reference else []
     if not gold:
         return Verdict("error", None, f"reference answer could not be parsed: {reference!r}")
@@ -80,6 +94,37 @@ def verify_math(response: str | None, reference: str | None) -> Verdict:
     if verify(gold, pred, allow_set_relation_comp=True, timeout_seconds=None):
         return Verdict("passed", True, "", extracted)
     return Verdict("wrong_answer", False, f"expected {_as_text(gold)!r}, got {extracted!r}", extracted)
+
+
+def is_choice(reference: str | None) -> bool:
+    """Is this reference answer a multiple-choice letter?"""
+    return reference is not None and len(reference.strip()) == 1 and reference.strip() in CHOICE_LETTERS
+
+
+def _verify_choice(response: str | None, reference: str) -> Verdict:
+    answer, why_none = _answer_text(response)
+    letter, why_none = read_choice(answer) if answer is not None else (None, why_none)
+    if letter is None:
+        return Verdict("no_answer", False, why_none)
+    if letter == reference:
+        return Verdict("passed", True, "", letter)
+    return Verdict("wrong_answer", False, f"expected {reference!r}, got {letter!r}", letter)
+
+
+def read_choice(answer: str) -> tuple[str | None, str]:
+    """The option letter an answer (the text after the reasoning) chooses, or (None, why there is none)."""
+    from math_verify import StringExtractionConfig, parse
+
+    boxed = last_boxed(answer)
+    if boxed is not None:
+        match = _BOXED_CHOICE.match(_TEXT_WRAPPER.sub(r"\1", boxed).strip())
+        return (match.group(1).upper(), "") if match else (None, f"the boxed answer {boxed!r} is not an option letter")
+    config = StringExtractionConfig(strings=_MARKER_STRINGS, try_extract_without_anchor=False, lowercase=False)
+    found = parse(answer, [config], extraction_mode="first_match", parsing_timeout=None)
+    if found:
+        return found[0].strip("()"), ""
+    bare = _BARE_CHOICE.fullmatch(answer.strip())  # the whole answer is the letter: "C", "(C)", "C."
+    return (bare.group(1), "") if bare else (None, "no boxed letter or answer marker in the response")
 
 
 def _answer_text(response: str | None) -> tuple[str | None, str]:

@@ -1,7 +1,10 @@
 """`adaptcot pool import`: sources shaped like the real datasets, every kind of bad row, errors, de-duplication."""
 
+import base64
 import csv
 import json
+import pickle
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -247,3 +250,170 @@ def test_pool_files_carry_the_schema_and_its_version(tmp_path):
     run_import(tmp_path, [GSM8K_ROW], "math", "gsm8k")
     path = next((tmp_path / "pool" / "pool").glob("*.parquet"))
     assert schemas.schema_of(pq.read_schema(path)) == ("pool", schemas.SCHEMA_VERSION)
+
+
+# --- multiple choice (GPQA) ---------------------------------------------------------------------------------------
+GPQA_ROWS = [  # the columns of Idavidrein/gpqa (gpqa_diamond), a few of its many others included
+    {"Pre-Revision Question": "...", "Record ID": "recTJlCq5f9lHDNzK",
+     "Question": "Two quantum states with energies E1 and E2 have a lifetime of 10^-9 sec and 10^-8 sec, "
+                 "respectively. We want to clearly distinguish these two energy levels. Which one of the following "
+                 "options could be their energy difference so that they can be clearly resolved?\n",
+     "Correct Answer": "10^-4 eV", "Incorrect Answer 1": "10^-11 eV", "Incorrect Answer 2": "10^-8 eV\n",
+     "Incorrect Answer 3": "10^-9 eV", "High-level domain": "Physics", "Subdomain": "Physics (general)"},
+    {"Pre-Revision Question": "...", "Record ID": "recV9dSEZTkJJaiTg",
+     "Question": "How many of the stars listed below would be detectable using the ESPRESSO spectrograph?",
+     "Correct Answer": "3", "Incorrect Answer 1": "4", "Incorrect Answer 2": "5", "Incorrect Answer 3": "2",
+     "High-level domain": "Physics", "Subdomain": "Astrophysics"},
+    {"Record ID": "recEmpty", "Question": "Which reagent converts an alkene into an epoxide?",
+     "Correct Answer": "mCPBA", "Incorrect Answer 1": "NaBH4", "Incorrect Answer 2": "  ", "Incorrect Answer 3": "H2O"},
+]
+
+
+def test_gpqa_rows_become_lettered_questions_with_the_correct_letter_as_reference(tmp_path, capsys):
+    from adaptcot.verify_math import verify_math
+
+    report, pool, rejects = run_import(tmp_path, GPQA_ROWS, "math", "gpqa")
+    assert report.imported == 2
+    assert [(r["reason"], r["detail"]) for r in rejects] == [
+        ("missing_answer", "option column 'Incorrect Answer 2' is empty or absent")]
+    by_row = {r["source_row"]: r for r in pool}
+    for i, row in enumerate(GPQA_ROWS[:2]):
+        stem, options = by_row[i]["question"].split("\n\n")
+        assert stem == row["Question"].strip()
+        lines = options.split("\n")
+        assert [line[:3] for line in lines] == ["A) ", "B) ", "C) ", "D) "]
+        texts = {line[0]: line[3:] for line in lines}
+        assert sorted(texts.values()) == sorted(row[c].strip() for c in ("Correct Answer", "Incorrect Answer 1",
+                                                                        "Incorrect Answer 2", "Incorrect Answer 3"))
+        assert texts[by_row[i]["reference_answer"]] == row["Correct Answer"]
+        letter = by_row[i]["reference_answer"]
+        assert verify_math(f"So the answer is \\boxed{{{letter}}}.", letter).verdict == "passed"
+    # The shuffle is fixed by the text: pinned letters, and the same ones from a second import with the mapping
+    # given on the command line.
+    assert [by_row[0]["reference_answer"], by_row[1]["reference_answer"]] == ["D", "D"]
+    distractors = "distractors=Incorrect Answer 1,Incorrect Answer 2,Incorrect Answer 3"
+    assert cli(["pool", "import", str(tmp_path / "src.jsonl"), "--domain", "math", "--out", str(tmp_path / "again"),
+                "--map", "question=Question", "--map", "answer=Correct Answer", "--map", distractors]) == 0
+    again = {r["source_row"]: r for r in read_pool(tmp_path / "again").to_pylist()}
+    assert [(again[i]["question"], again[i]["reference_answer"]) for i in (0, 1)] == [
+        (by_row[i]["question"], by_row[i]["reference_answer"]) for i in (0, 1)]
+
+
+def test_a_missing_distractor_column_stops_the_import(tmp_path):
+    rows = [{k: v for k, v in row.items() if k != "Incorrect Answer 3"} for row in GPQA_ROWS]
+    with pytest.raises(MappingError, match="Incorrect Answer 3"):
+        run_import(tmp_path, rows, "math", "gpqa")
+    with pytest.raises(MappingError, match="distractors"):
+        run_import(tmp_path, GPQA_ROWS, "math", "gpqa", mapping={"distractors": ","})
+
+
+# --- LiveCodeBench --------------------------------------------------------------------------------------------------
+def base64_zlib(data: bytes) -> str:
+    return base64.b64encode(zlib.compress(data)).decode()
+
+
+def lcb_compressed(cases: list) -> str:
+    """Private tests as code_generation_lite stores them: base64(zlib(pickle(JSON text)))."""
+    return base64_zlib(pickle.dumps(json.dumps(cases)))
+
+
+class RunsAShellCommand:  # what a hostile dataset could pickle in place of the tests
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+LCB_STDIN = {"question_title": "A+B", "platform": "atcoder", "question_id": "abc999_a", "contest_id": "abc999",
+             "contest_date": "2024-09-07T00:00:00", "starter_code": "", "difficulty": "easy",
+             "question_content": "You are given integers A and B. Print A+B.\n\nInput\n\nA B\n\nOutput\n\nPrint A+B.",
+             "public_test_cases": json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]),
+             "private_test_cases": lcb_compressed([{"input": "100 -5\n", "output": "95\n", "testtype": "stdin"},
+                                                   {"input": "0 0\n", "output": "0\n", "testtype": "stdin"}]),
+             "metadata": "{}"}
+LCB_FUNCTIONAL = {
+    "question_title": "sum-of-k-largest", "platform": "leetcode", "question_id": "3999", "contest_id": "weekly-999",
+    "contest_date": "2024-09-08T00:00:00", "difficulty": "medium",
+    "question_content": "You are given an integer array nums and an integer k. Return the sum of the k largest "
+                        "elements of nums.\n\nExample 1:\n\nInput: nums = [1,5,3], k = 2\nOutput: 8",
+    "starter_code": "class Solution:\n    def sumLargest(self, nums: List[int], k: int) -> int:\n        ",
+    "public_test_cases": json.dumps([{"input": "[1, 5, 3]\n2", "output": "8", "testtype": "functional"}]),
+    "private_test_cases": json.dumps([{"input": "[-1, -2, -3]\n1", "output": "-1", "testtype": "functional"},
+                                      {"input": "[4, 4]\n2", "output": "8", "testtype": "functional"}]),
+    "metadata": json.dumps({"func_name": "sumLargest"})}
+# Right and wrong programs as fenced answers; each wrong one passes the public test and fails a private one.
+LCB_ANSWERS = {
+    "abc999_a": ("```python\na, b = map(int, input().split())\nprint(a + b)\n```",
+                 "```python\na, b = map(int, input().split())\nprint(abs(a) + abs(b))\n```"),
+    "3999": ("```python\nfrom typing import List\n\nclass Solution:\n"
+             "    def sumLargest(self, nums: List[int], k: int) -> int:\n        return sum(sorted(nums)[-k:])\n```",
+             "```python\nclass Solution:\n    def sumLargest(self, nums, k):\n"
+             "        return sum(sorted(nums)[1:])\n```"),
+}
+
+
+def test_livecodebench_rows_import_with_private_tests_and_grade_right_and_wrong_programs(tmp_path):
+    from adaptcot.sandbox import SandboxConfig
+    from adaptcot.verify_code import CodeVerifier, CodeVerifyConfig
+
+    marker = tmp_path / "pwned"
+    hostile = {**LCB_STDIN, "question_content": "Hostile row.", "private_test_cases": base64_zlib(
+        pickle.dumps(RunsAShellCommand(marker)))}
+    not_text = {**LCB_STDIN, "question_content": "Pickled list.", "private_test_cases": base64_zlib(
+        pickle.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]))}
+    report, pool, rejects = run_import(tmp_path, [LCB_STDIN, LCB_FUNCTIONAL, hostile, not_text], "code",
+                                       "livecodebench")
+    assert report.imported == 2 and not marker.exists()  # the hostile pickle never ran
+    assert [r["reason"] for r in rejects] == ["bad_tests", "bad_tests"]
+    assert "posix.system: refused" in rejects[0]["detail"] and "unpickles to a list" in rejects[1]["detail"]
+    by_row = {r["source_row"]: r for r in pool}
+    stdin, call = by_row[0], by_row[1]
+    assert (stdin["category"], call["category"]) == ("easy", "medium")
+    assert (stdin["tests"]["kind"], len(stdin["tests"]["cases"]), stdin["starter_code"]) == ("stdin_stdout", 3, None)
+    assert (call["tests"]["kind"], call["tests"]["fn_name"]) == ("call", "sumLargest")
+    assert [c["input"] for c in call["tests"]["cases"]] == ["[[1, 5, 3], 2]", "[[-1, -2, -3], 1]", "[[4, 4], 2]"]
+    config = CodeVerifyConfig(sandbox=SandboxConfig(isolation="namespaces", timeout_s=2.0, memory_mb=256), workers=1)
+    with CodeVerifier(config) as verifier:
+        for row, qid in ((stdin, "abc999_a"), (call, "3999")):
+            right, wrong = (verifier.verify(answer, row["tests"]) for answer in LCB_ANSWERS[qid])
+            assert (right.verdict, right.tests_passed, right.tests_total) == ("passed", 3, 3), right.detail
+            assert (wrong.verdict, wrong.tests_passed) == ("wrong_answer", 1), wrong.detail
+
+
+def test_livecodebench_function_name_falls_back_to_the_starter_code(tmp_path):
+    row = {**LCB_FUNCTIONAL, "metadata": "{}", "private_test_cases": ""}
+    _, pool, _ = run_import(tmp_path, [row], "code", "livecodebench")
+    assert pool[0]["tests"]["fn_name"] == "sumLargest" and len(pool[0]["tests"]["cases"]) == 1
+
+
+def test_hub_data_files_are_read_through_datasets_like_a_local_glob(tmp_path):
+    from adaptcot.pool_import import normalise_rows
+    from adaptcot.pool_presets import PRESETS
+    from adaptcot.pool_sources import Source, open_source
+
+    assert open_source("hf://datasets/livecodebench/code_generation_lite/test*.jsonl").kind == "hf_files"
+    with pytest.raises(SourceError, match="must end in"):
+        open_source("hf://datasets/livecodebench/code_generation_lite/test.py")
+    # The same reader (datasets' json builder over fsspec) with a local glob standing in for the hub.
+    (tmp_path / "lcb").mkdir()
+    write_jsonl(tmp_path / "lcb" / "test.jsonl", [LCB_STDIN])
+    write_jsonl(tmp_path / "lcb" / "test2.jsonl", [LCB_FUNCTIONAL])
+    write_jsonl(tmp_path / "lcb" / "other.jsonl", [{**LCB_STDIN, "question_content": "Not matched by the glob."}])
+    source = Source(str(tmp_path / "lcb" / "test*.jsonl"), "hf_files")
+    assert {"question_content", "private_test_cases", "difficulty"} <= source.column_names()
+    pool, rejects = normalise_rows(source.rows(), PRESETS["livecodebench"], "code")
+    assert rejects.num_rows == 0
+    assert sorted(pool["category"].to_pylist()) == ["easy", "medium"]
+    assert sorted(t["kind"] for t in pool["tests"].to_pylist()) == ["call", "stdin_stdout"]
+
+
+def test_a_pool_written_before_the_category_column_still_reads(tmp_path):
+    run_import(tmp_path, [GSM8K_ROW], "math", "gsm8k")
+    path = next((tmp_path / "pool" / "pool").glob("*.parquet"))
+    pq.write_table(pq.read_table(path).drop_columns(["category"]), path)  # as schema version 2 wrote it
+    report, pool, _ = run_import(tmp_path, [GSM8K_ROW, {"question": "New one?", "answer": "#### 9"}], "math", "gsm8k")
+    assert (report.imported, report.already_in_pool) == (1, 1)
+    assert [r["category"] for r in pool] == [None, None]

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from adaptcot import bank
-from adaptcot.report import FIGURES, write_report
+from adaptcot.report import FIGURES, eval_level_shares, write_report
 from adaptcot.schemas import BANK, LEVELS_EASIEST_FIRST
 
 
@@ -44,17 +44,23 @@ def make_run(run):
         {"kind": "curriculum", "weights": {lv: w for lv, w in zip(levels, (0.3, 0.25, 0.2, 0.12, 0.08, 0.05))}}))
     pq.write_table(pa.table({"level": levels * 3}), run / "samples" / "samples.parquet")
     (run / "teach").mkdir()
-    pq.write_table(pa.table({"level": levels * 2, "drop_reason": [None, "wrong_answer"] * 6,
+    pq.write_table(pa.table({"level": levels * 2, "drop_reason": [None] * 6 + ["wrong_answer"] * 6,
                              "completion_tokens": list(range(100, 1300, 100))}), run / "teach" / "cots.parquet")
     (run / "train").mkdir()
     (run / "train" / "metrics.jsonl").write_text("".join(
         json.dumps({"step": s, "loss": 2 / s, "loss_rationale": 2.5 / s, "loss_answer": 1.5 / s}) + "\n"
         for s in range(1, 11)))
-    for name, acc, tokens in (("student", 0.2, 900.0), ("student-sft", 0.35, 700.0)):
+    for name, acc, tokens in (("student-before", 0.2, 900.0), ("student-after-sft", 0.35, 700.0)):
         (run / "eval" / name).mkdir(parents=True)
+        by_level = {lv: {"questions": 2, "accuracy": acc / (1 + i)} for i, lv in enumerate(levels[:3])}
         (run / "eval" / name / "metrics.json").write_text(json.dumps({"name": name, "benchmarks": {"toy": {
             "overall": {"questions": 10, "samples_per_question": 4, "accuracy": acc, "accuracy_se": 0.05,
-                        "tokens_mean": tokens, "truncation_rate": 0.1}}}}))
+                        "pass_at_k": {"1": acc, "4": acc + 0.2}, "tokens_mean": tokens, "tokens_per_correct": 640.0,
+                        "truncation_rate": 0.1}, "by_level": by_level}}}))
+    # The evaluated questions of the graded student carry its levels: 3 easy, 1 wrong_mid (one row per sample).
+    pq.write_table(pa.table({"question_id": ["e1", "e1", "e2", "e3", "h1", "h1", "x"],
+                             "level": ["easy", "easy", "easy", "easy", "wrong_mid", "wrong_mid", None]}),
+                   run / "eval" / "student-before" / "samples.parquet")
 
 
 def test_report_renders_every_figure_offline(tmp_path):
@@ -68,7 +74,17 @@ def test_report_renders_every_figure_offline(tmp_path):
         png = base64.b64decode(src.split(",", 1)[1])
         assert src.startswith("data:image/png;base64,") and png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, key
     text = (run / "report.html").read_text()
-    assert "student-sft" in text and "0.350 ± 0.050" in text  # the evaluation table
+    assert "<td>student-after-sft</td><td>toy</td><td>10 × 4</td><td>0.350</td><td>0.050</td><td>0.550</td>" in text
+    # Teacher per level: 2 CoTs per level, one kept (the one with fewer tokens).
+    assert "<tr><td>easy</td><td>2</td><td>1</td><td>50%</td><td>400</td><td>100</td></tr>" in text
+
+
+def test_p_eval_is_read_off_the_graded_students_evaluated_questions(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    make_run(run)
+    shares, questions = eval_level_shares(run)
+    assert questions == 4 and shares["easy"] == 0.75 and shares["wrong_mid"] == 0.25 and shares["wrong_hardest"] == 0
 
 
 def test_report_says_what_is_missing(tmp_path):

@@ -38,6 +38,13 @@ SOLUTIONS = {  # kind: (tests, right program, wrong program)
                              "        return next([i, j] for j in range(len(nums)) for i in range(j)\n"
                              "                    if nums[i] + nums[j] == target)\n",
                        "class Solution:\n    def two_sum(self, nums, target):\n        return (0, 1)\n"),
+    # LeetCode starter code annotates with List[int] and imports nothing: the judge pre-imports typing.
+    "leetcode_typing": (CALL, "class Solution:\n    def two_sum(self, nums: List[int], target: int) -> List[int]:\n"
+                              "        seen = defaultdict(int)\n        for i, x in enumerate(nums):\n"
+                              "            if target - x in seen:\n                return [seen[target - x], i]\n"
+                              "            seen[x] = i\n",
+                        "class Solution:\n    def two_sum(self, nums: List[int], target: int) -> List[int]:\n"
+                        "        return [0, 1]\n"),
     "humaneval": (HUMANEVAL, "def is_palindrome(text):\n    return text == text[::-1]\n",
                   "def is_palindrome(text):\n    return len(text) < 2\n"),
     "mbpp": (MBPP, "def min_cost(cost, m, n):\n"

@@ -6,7 +6,8 @@ import pyarrow as pa
 import pytest
 
 from adaptcot import schemas
-from adaptcot.verify_math import VERDICTS, MathVerifier, MathVerifyActor, Verdict, verify_math, verify_table
+from adaptcot.verify_math import (VERDICTS, MathVerifier, MathVerifyActor, Verdict, is_choice, verify_math,
+                                  verify_table)
 
 # --- responses shaped like real model outputs ----------------------------------------------------------------------
 R1_STYLE = (  # DeepSeek-R1 / QwQ: long reasoning (with a rejected boxed guess) in <think>, then a short answer
@@ -94,13 +95,45 @@ CASES = [  # (reference, response, verdict)
 HANG = ("The answer is \\boxed{9^{9^{9^{9}}}}.", "3")  # sympy tries to evaluate the power tower exactly: never ends
 
 
+# Multiple choice (GPQA): the reference is the letter of the correct option.
+GPQA_R1_STYLE = (
+    "<think>\nThe lifetimes give energy widths hbar/tau: about 6.6e-7 eV and 6.6e-8 eV. To resolve the levels the\n"
+    "difference must exceed the larger width, so 10^-8 eV (A) is too small... 10^-4 eV works.\n</think>\n\n"
+    "The energy difference must exceed $\\hbar/\\tau \\approx 6.6\\times10^{-7}$ eV, so only $10^{-4}$ eV can be "
+    "resolved.\n\n$\\boxed{C}$")
+MC_CASES = [  # (reference letter, response, verdict)
+    ("C", GPQA_R1_STYLE, "passed"),  # the (A) inside the reasoning is not the answer
+    ("A", GPQA_R1_STYLE, "wrong_answer"),
+    ("B", "Only (B) conserves charge. Therefore the answer is $\\boxed{\\text{(B)}}$.", "passed"),
+    ("B", "\\boxed{(B)}", "passed"),
+    ("D", "\\boxed{D) 2 stars}", "passed"),
+    ("C", "The product is the trans isomer, which is option C. The answer is (C).", "passed"),
+    ("D", "Both NaBH4 and LiAlH4 reduce the ketone, but only one keeps the ester.\n\n**Answer:** D", "passed"),
+    ("A", "Answer: A", "passed"),
+    ("A", "(A)", "passed"),  # nothing but the letter
+    ("A", "Answer: (B) 3.2 eV", "wrong_answer"),
+    ("C", "After the Diels-Alder step the ring has two stereocenters, so the answer is \\boxed{B}.", "wrong_answer"),
+    ("B", "<think>\nOption A is out because the spin is 1/2. Between B and C, hmm, let me compute the", "no_answer"),
+    ("C", "The reaction is clearly exothermic, so the equilibrium shifts toward the reactants on heating.",
+     "no_answer"),
+    ("C", "The energy difference is \\boxed{10^{-4} \\text{ eV}}.", "no_answer"),  # the option's text, not its letter
+]
+
+
+def test_multiple_choice_verdicts_say_what_was_read():
+    assert verify_math("Answer: (B) 3.2 eV", "A").detail == "expected 'A', got 'B'"
+    assert "not an option letter" in verify_math("\\boxed{10^{-4}}", "C").detail
+    assert (is_choice("C"), is_choice(" J\n"), is_choice("AB"), is_choice("K"), is_choice("x")) == (
+        True, True, False, False, False)
+
+
 @pytest.fixture(scope="module")
 def verifier():
     with MathVerifier(workers=2, timeout_s=10.0) as v:
         yield v
 
 
-@pytest.mark.parametrize("reference,response,expected", CASES)
+@pytest.mark.parametrize("reference,response,expected", CASES + MC_CASES)
 def test_real_output_shapes(reference, response, expected):
     v = verify_math(response, reference)
     assert v.verdict == expected, v
@@ -126,8 +159,8 @@ def test_unusable_reference_is_the_verifiers_fault(reference):
 
 
 def test_worker_pool_grades_like_the_function(verifier):
-    verdicts = verifier.verify_many([(response, reference) for reference, response, _ in CASES])
-    assert [v.verdict for v in verdicts] == [expected for _, _, expected in CASES]
+    verdicts = verifier.verify_many([(response, reference) for reference, response, _ in CASES + MC_CASES])
+    assert [v.verdict for v in verdicts] == [expected for _, _, expected in CASES + MC_CASES]
 
 
 def test_hanging_pair_times_out_and_the_pool_recovers():
