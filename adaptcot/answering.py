@@ -22,6 +22,8 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from adaptcot.runtime import ActorPoolSize
+
 MATH_PROMPT = "{question}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 CODE_PROMPT = ("{question}\n\n{io_format}Write a complete Python 3 solution. Reason step by step, then give the final "
                "program in one ```python code block.")
@@ -57,8 +59,11 @@ class ResourcesConfig(Strict):
     use_gpu: bool = False
     cpus_per_engine: float = Field(default=1.0, gt=0)  # CPU-only engines: the engine actor's CPU bundle
     cpus_per_light_stage: float = Field(default=0.25, gt=0)  # chat template, tokenize, pre/postprocess
-    concurrency: int | tuple[int, int] = 1  # engine replicas, or (min, max) to autoscale
+    concurrency: ActorPoolSize = 1  # engine replicas, or [min, max] to autoscale
     batch_size: int = Field(default=64, ge=1)
+    # Batches one engine works on at once (ray.data.llm's default 8). The pool grows when about 1.75x this many are
+    # queued per engine: with small batches on slow CPU engines, fewer let it grow sooner.
+    max_concurrent_batches: int = Field(default=8, ge=1)
 
 
 class StudentConfig(Strict):
@@ -129,7 +134,8 @@ def answer_processor(cfg: StudentConfig):
     placement = None if res.use_gpu else {"bundles": [{"CPU": res.cpus_per_engine}]}
     processor_cfg = vLLMEngineProcessorConfig(
         model_source=cfg.model, engine_kwargs=engine_kwargs, batch_size=res.batch_size,
-        concurrency=res.concurrency, should_continue_on_error=True, log_engine_metrics=False,
+        concurrency=res.concurrency, max_concurrent_batches=res.max_concurrent_batches,
+        should_continue_on_error=True, log_engine_metrics=False,
         placement_group_config=placement, chat_template_stage=light, tokenize_stage=light, detokenize_stage=light,
     )
     params = {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}

@@ -7,24 +7,23 @@ Layout under a bank root (Hive-style partitions, one directory per student and g
     step_scores/student=<slug>/grader=<grader_id>/part-*.parquet  PRM scores of wrong samples (schema STEP_SCORES)
     graders/<grader_id>.json                                      the config that produced a grader id
 
-Every part file is written to a temporary name and renamed, so a killed run leaves whole files only. Reading one
+Every part file is published whole (`storage`: a temporary name and a rename on disk, one PUT on an object store),
+so a killed run leaves whole files only. The root is a local directory or a URI (s3://, gs://). Reading one
 student's grades opens only its partition directory. `summary` and `compare` are the `adaptcot bank` commands.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
-from adaptcot import schemas
+from adaptcot import schemas, storage
 from adaptcot.schemas import LEVELS_EASIEST_FIRST
 
 TABLES = {"bank": schemas.BANK, "attempts": schemas.ATTEMPTS, "step_scores": schemas.STEP_SCORES}
@@ -35,86 +34,91 @@ def student_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("/", "--")).strip("-") or "student"
 
 
-def partition_dir(root: str | Path, table: str, student: str, gid: str) -> Path:
-    return Path(root) / table / f"student={student_slug(student)}" / f"grader={gid}"
+def partition_dir(root: str | Path, table: str, student: str, gid: str) -> str:
+    return storage.join(str(root), table, f"student={student_slug(student)}", f"grader={gid}")
 
 
-def write_part(table: pa.Table, directory: Path, schema: pa.Schema, name: str | None = None) -> Path | None:
-    """Write one part file atomically (temporary name, then rename); None for an empty table."""
+def write_part(table: pa.Table, directory: str | Path, schema: pa.Schema, name: str | None = None) -> str | None:
+    """Write one part file, published whole; None for an empty table."""
     if table.num_rows == 0:
         return None
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / (name or f"part-{uuid.uuid4().hex}.parquet")
-    tmp = directory / f".{final.name}.tmp"
-    pq.write_table(table.select(schema.names).cast(schema), tmp)
-    os.replace(tmp, final)
+    final = storage.join(str(directory), name or f"part-{uuid.uuid4().hex}.parquet")
+    storage.write_table(table.select(schema.names).cast(schema), final)
     return final
+
+
+def part_files(root: str | Path, table: str, student: str, gid: str) -> list[str]:
+    return storage.list_files(partition_dir(root, table, student, gid), "part-*.parquet")
 
 
 def read_partition(root: str | Path, table: str, student: str, gid: str,
                    columns: list[str] | None = None) -> pa.Table:
     """One student's rows of one table, reading only that partition's files."""
-    directory = partition_dir(root, table, student, gid)
-    files = sorted(str(p) for p in directory.glob("part-*.parquet")) if directory.exists() else []
-    schema = TABLES[table]
+    files, schema = part_files(root, table, student, gid), TABLES[table]
     if not files:
         empty = schema.empty_table()
         return empty.select(columns) if columns else empty
-    return pads.dataset(files, schema=schema, format="parquet").to_table(columns=columns)
+    return storage.dataset(files, schema).to_table(columns=columns)
 
 
 def remove_uncommitted(root: str | Path, student: str, gid: str) -> int:
-    """Delete what a killed run left half-done: temporary files, and step-score parts whose attempts part (the
-    commit mark, written second under the same name) never appeared. Returns how many files were removed."""
-    attempts_dir = partition_dir(root, "attempts", student, gid)
-    committed = {p.name for p in attempts_dir.glob("part-*.parquet")} if attempts_dir.exists() else set()
+    """Delete what a killed run left half-done: temporary files (local disks only: an object store never shows
+    half-written objects), and step-score parts whose attempts part (the commit mark, written second under the
+    same name) never appeared. Returns how many files were removed."""
+    committed = {storage.name(p) for p in part_files(root, "attempts", student, gid)}
     removed = 0
     for table in TABLES:
         directory = partition_dir(root, table, student, gid)
-        if not directory.exists():
-            continue
-        for path in directory.iterdir():
-            orphan = table == "step_scores" and path.name not in committed
-            if path.name.endswith(".tmp") or orphan:
-                path.unlink()
-                removed += 1
+        leftovers = [p for p in storage.list_files(directory, ".*.tmp", hidden=True)]
+        orphans = [p for p in part_files(root, table, student, gid)
+                   if table == "step_scores" and storage.name(p) not in committed]
+        for path in leftovers + orphans:
+            storage.remove(path)
+            removed += 1
     return removed
 
 
 def save_grader(root: str | Path, gid: str, description: dict) -> None:
-    path = Path(root) / "graders" / f"{gid}.json"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(description, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+    path = storage.join(str(root), "graders", f"{gid}.json")
+    if not storage.exists(path):
+        storage.write_text(path, json.dumps(description, indent=2, sort_keys=True))
 
 
 def partitions(root: str | Path) -> list[tuple[str, str]]:
     """(student slug, grader id) of every bank partition."""
-    base = Path(root) / "bank"
+    base = storage.join(str(root), "bank")
     found = []
-    for student_dir in sorted(base.glob("student=*")):
-        for grader_dir in sorted(student_dir.glob("grader=*")):
-            found.append((student_dir.name.split("=", 1)[1], grader_dir.name.split("=", 1)[1]))
+    for student_dir in storage.list_dirs(base):
+        if student_dir.startswith("student="):
+            for grader_dir in storage.list_dirs(storage.join(base, student_dir)):
+                if grader_dir.startswith("grader="):
+                    found.append((student_dir.split("=", 1)[1], grader_dir.split("=", 1)[1]))
     return found
 
 
 def _read_slug(root: str | Path, slug: str, gid: str, columns: list[str]) -> pa.Table:
-    directory = Path(root) / "bank" / f"student={slug}" / f"grader={gid}"
-    files = sorted(str(p) for p in directory.glob("part-*.parquet"))
-    return pads.dataset(files, schema=schemas.BANK, format="parquet").to_table(columns=columns)
+    directory = storage.join(str(root), "bank", f"student={slug}", f"grader={gid}")
+    return storage.dataset(storage.list_files(directory, "part-*.parquet"), schemas.BANK).to_table(columns=columns)
+
+
+def level_counts(files: list[str]) -> dict[str, int]:
+    """Questions per level of some bank part files, easiest level first, streaming (memory does not grow)."""
+    counts: Counter = Counter()
+    for batch in storage.dataset(files, schemas.BANK).scanner(columns=["level"]).to_batches():
+        counts.update({c["values"]: c["counts"] for c in pc.value_counts(batch.column(0)).to_pylist()})
+    return {lv.value: counts.get(lv.value, 0) for lv in LEVELS_EASIEST_FIRST}
 
 
 def summary(root: str | Path) -> list[dict]:
     """Level histogram per (student, grader), levels easiest first."""
     out = []
     for slug, gid in partitions(root):
-        t = _read_slug(root, slug, gid, ["student", "level"])
-        counts = Counter(t["level"].to_pylist())
-        out.append({"student": t["student"][0].as_py() if t.num_rows else slug, "grader_id": gid,
-                    "questions": t.num_rows,
-                    "levels": {lv.value: counts.get(lv.value, 0) for lv in LEVELS_EASIEST_FIRST}})
+        files = storage.list_files(storage.join(str(root), "bank", f"student={slug}", f"grader={gid}"),
+                                   "part-*.parquet")
+        first = storage.dataset(files[:1], schemas.BANK).head(1, columns=["student"]) if files else None
+        levels = level_counts(files)
+        out.append({"student": first["student"][0].as_py() if first is not None and first.num_rows else slug,
+                    "grader_id": gid, "questions": sum(levels.values()), "levels": levels})
     return out
 
 

@@ -113,6 +113,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if getattr(job, section) is None:
         raise ValueError(f"{args.config} has no `{section}` section")
     if args.command == "sample":
+        runtime.init_ray(job.ray)
         print("\n".join(stages.run_sample(job).lines()))
     elif args.command == "teach":
         runtime.init_ray(job.ray)
@@ -160,11 +161,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from adaptcot import storage
     from adaptcot.report import write_report
 
-    if not Path(args.run_dir).is_dir():
+    if not storage.is_dir(args.run_dir):
         raise FileNotFoundError(f"no run directory {args.run_dir}")
     print(write_report(args.run_dir))
     return 0

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from adaptcot import html_page, report
+from adaptcot import html_page, report, storage
 from adaptcot.schemas import require_columns
 
 COT_COLUMNS = ("question_id", "teacher", "level", "completion_tokens", "finish_reason", "drop_reason", "cost_usd")
@@ -99,20 +98,18 @@ def loss_summary(rows: list[dict]) -> dict | None:
 # --- reading a side --------------------------------------------------------------------------------------------------
 def read_side(path: str | Path) -> dict:
     """What a side's path holds: {"cots": Table|None, "training": [rows]|None, "evals": [metrics]}."""
-    path = Path(path)
-    if not path.exists():
+    path = str(path)
+    if not storage.exists(path):
         raise FileNotFoundError(f"compare: {path} does not exist")
     side = {"cots": None, "training": None, "evals": []}
-    if path.is_file():
-        side["cots"] = pq.read_table(path)
-    elif (path / "metrics.json").exists():
-        side["evals"] = [json.loads((path / "metrics.json").read_text())]
+    if path.endswith(".parquet"):
+        side["cots"] = storage.read_table(path)
+    elif storage.exists(storage.join(path, "metrics.json")):
+        side["evals"] = [json.loads(storage.read_text(storage.join(path, "metrics.json")))]
     else:
-        if (path / "teach" / "cots.parquet").exists():
-            side["cots"] = pq.read_table(path / "teach" / "cots.parquet")
-        if (path / "train" / "metrics.jsonl").exists():
-            lines = (path / "train" / "metrics.jsonl").read_text().splitlines()
-            side["training"] = [json.loads(line) for line in lines if line.strip()]
+        if storage.exists(storage.join(path, "teach", "cots.parquet")):
+            side["cots"] = storage.read_table(storage.join(path, "teach", "cots.parquet"))
+        side["training"] = report.training_rows(path)
         side["evals"] = report.eval_metrics(path)
     if side["cots"] is None and side["training"] is None and not side["evals"]:
         raise FileNotFoundError(f"compare: {path} holds no teach/cots.parquet, train/metrics.jsonl or "
@@ -138,7 +135,7 @@ def compare(sides: dict[str, str | Path]) -> tuple[dict, dict]:
     """(comparison, the sides as read): the numbers of `comparison.json`."""
     if len(sides) < 2:
         raise ValueError("compare needs at least two sides (NAME=PATH NAME=PATH)")
-    missing = [str(p) for p in sides.values() if not Path(p).exists()]  # all of them, before reading any
+    missing = [str(p) for p in sides.values() if not storage.exists(str(p))]  # all of them, before reading any
     if missing:
         raise FileNotFoundError(f"compare: {', '.join(missing)} does not exist")
     read = {name: read_side(path) for name, path in sides.items()}
@@ -233,11 +230,12 @@ def render(comparison: dict, read: dict) -> str:
     return html_page.page("adaptcot comparison: " + " vs ".join(comparison["sides"]), body)
 
 
-def write_comparison(sides: dict[str, str | Path], out: str | Path) -> tuple[dict, Path]:
+def write_comparison(sides: dict[str, str | Path], out: str | Path) -> tuple[dict, str]:
     comparison, read = compare(sides)
-    out = Path(out)
-    html_page.write_atomic(out / "comparison.json", json.dumps(comparison, indent=2))
-    return comparison, html_page.write_atomic(out / "comparison.html", render(comparison, read))
+    storage.write_text(storage.join(str(out), "comparison.json"), json.dumps(comparison, indent=2))
+    page = storage.join(str(out), "comparison.html")
+    storage.write_text(page, render(comparison, read))
+    return comparison, page
 
 
 def format_comparison(comparison: dict) -> list[str]:

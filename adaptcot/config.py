@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from adaptcot import storage
 from adaptcot.cot_filter import FilterConfig
 from adaptcot.evaluation import EvalConfig, JobEvalConfig, LevelsConfig
 from adaptcot.grading import GradeConfig
@@ -89,6 +90,10 @@ class JobConfig(Strict):
                 raise ValueError(f"a `{stage}` section needs a `{needs}` section (it reads that stage's output)")
         if self.eval is not None and self.grade is None:
             raise ValueError("an `eval` section needs a `grade` section (it evaluates that student)")
+        if self.tiny_models.enabled and storage.is_remote(self.path(self.tiny_models.out)):
+            raise ValueError(f"tiny_models.out: {self.path(self.tiny_models.out)} is not on this machine's disk; vLLM "
+                             "loads the tiny models from one (with a cloud run_dir, set tiny_models.out to a local "
+                             "directory, e.g. /tmp/adaptcot-models, and point the model paths at it)")
         if self.train is not None:
             if self.train.data is None and self.sft is None:
                 raise ValueError("a `train` section needs `train.data` or an `sft` section (it reads its records)")
@@ -96,10 +101,9 @@ class JobConfig(Strict):
                 raise ValueError("a `train` section needs `train.model` or a `grade` section (whose student it trains)")
         return self
 
-    def path(self, relative: str) -> Path:
-        """A config path: absolute, a URI, or relative to run_dir."""
-        p = Path(relative)
-        return p if p.is_absolute() or "://" in relative else Path(self.run_dir) / p
+    def path(self, relative: str, *more: str) -> str:
+        """A config path: absolute, a URI (s3://, gs://, ...), or relative to run_dir (which may be a URI)."""
+        return storage.join(self.run_dir, relative, *more)
 
 
 class ConfigError(ValueError):
@@ -115,8 +119,8 @@ def resolve_grade(cfg: JobConfig) -> GradeConfig:
     def fill(value: str) -> str:
         return value.replace("{run_dir}", cfg.run_dir)
 
-    updates = {"pool": fill(grade.pool) if grade.pool else str(cfg.path(cfg.pool.out)),
-               "bank": fill(grade.bank) if grade.bank else str(cfg.path("bank")),
+    updates = {"pool": fill(grade.pool) if grade.pool else cfg.path(cfg.pool.out),
+               "bank": fill(grade.bank) if grade.bank else cfg.path("bank"),
                "student": grade.student.model_copy(update={"model": fill(grade.student.model)})}
     if grade.prm is not None:
         updates["prm"] = grade.prm.model_copy(update={"model": fill(grade.prm.model)})
@@ -139,9 +143,9 @@ def resolve_train(cfg: JobConfig) -> tuple[TrainConfig, str, str]:
         raise ConfigError("the config has no `train` section")
     model = cfg.train.model if cfg.train.model is not None else resolve_grade(cfg).student.model
     data = cfg.train.data.replace("{run_dir}", cfg.run_dir) if cfg.train.data else \
-        str(cfg.path("sft") / "sft_records.parquet")
+        cfg.path("sft", "sft_records.parquet")
     return (cfg.train.model_copy(update={"model": model.replace("{run_dir}", cfg.run_dir)}), data,
-            str(cfg.path(cfg.train.out)))
+            cfg.path(cfg.train.out))
 
 
 def resolve_eval(cfg: JobConfig, which: str) -> EvalConfig:
@@ -157,12 +161,12 @@ def resolve_eval(cfg: JobConfig, which: str) -> EvalConfig:
                                                      "sampling": cfg.eval.sampling}), False
     else:
         train_cfg, _, out = resolve_train(cfg)
-        model = student.model_copy(update={"model": str(Path(out) / "model"), "sampling": cfg.eval.sampling,
+        model = student.model_copy(update={"model": storage.join(out, "model"), "sampling": cfg.eval.sampling,
                                            "name": f"{student.display_name}-after-sft"})
         cascaded = cfg.eval.cascaded if cfg.eval.cascaded is not None else train_cfg.objective == "cascod"
     levels = LevelsConfig(bank=resolve_grade(cfg).bank, student=f"{student.display_name}@"
                           f"{resolve_grade(cfg).grader_id()}") if cfg.eval.levels else None
-    return EvalConfig(model=model, benchmarks=benchmarks, out=str(cfg.path("eval")), cascaded=cascaded,
+    return EvalConfig(model=model, benchmarks=benchmarks, out=cfg.path("eval"), cascaded=cascaded,
                       levels=levels, verify=resolve_grade(cfg).verify)
 
 

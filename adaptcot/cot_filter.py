@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from adaptcot.runtime import ActorPoolSize
 from adaptcot.schemas import DROP_REASONS, LEVELS_EASIEST_FIRST, TEACHER_COTS, SchemaError, require_columns
 from adaptcot.teacher_client import EndpointConfig, complete_all
 from adaptcot.verify_code import CodeVerifier, CodeVerifyConfig, extract_code
@@ -100,7 +101,7 @@ class FilterConfig(BaseModel):
     verify_workers: int = Field(default=1, ge=1)  # math-verify processes
     verify_timeout_s: float = Field(default=5.0, gt=0)
     code: CodeVerifyConfig = CodeVerifyConfig()
-    concurrency: int = Field(default=1, ge=1)  # filter actors on Ray
+    concurrency: ActorPoolSize = 1  # filter actors on Ray, or [min, max] to autoscale
     num_cpus: float = Field(default=0.25, gt=0)  # per actor: fractional, never starving upstream tasks
 
     @model_validator(mode="after")

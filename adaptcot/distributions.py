@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from adaptcot import bank
-from adaptcot.pool_import import read_pool
+from adaptcot import bank, schemas, storage
+from adaptcot.pool_import import pool_files, read_pool
 from adaptcot.schemas import LEVELS_EASIEST_FIRST
 
 LEVEL_NAMES: tuple[str, ...] = tuple(lv.value for lv in LEVELS_EASIEST_FIRST)
@@ -84,14 +83,14 @@ def curriculum_distribution(weights: dict[str, float]) -> Distribution:
 
 def eval_pool_ids(eval_pool: str | Path) -> pa.Array:
     """Question ids of an eval pool directory (made with `adaptcot pool import`)."""
-    if not (Path(eval_pool) / "pool").is_dir():
+    if not pool_files(eval_pool):
         raise FileNotFoundError(f"eval pool not found: {eval_pool} (import the eval set with `adaptcot pool import`)")
     return read_pool(eval_pool, ["question_id"])["question_id"].combine_chunks()
 
 
 def _grader_description(bank_root: str | Path, grader_id: str) -> dict | None:
-    path = Path(bank_root) / "graders" / f"{grader_id}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    path = storage.join(str(bank_root), "graders", f"{grader_id}.json")
+    return json.loads(storage.read_text(path)) if storage.exists(path) else None
 
 
 def eval_distribution(bank_root: str | Path, student: str, grader_id: str,
@@ -99,8 +98,9 @@ def eval_distribution(bank_root: str | Path, student: str, grader_id: str,
     """P_eval: the level histogram of `student`'s bank rows (grader `grader_id`) on the eval questions."""
     ids = eval_question_ids if isinstance(eval_question_ids, pa.Array) else pa.array(list(eval_question_ids),
                                                                                       pa.string())
-    rows = bank.read_partition(bank_root, "bank", student, grader_id, ["question_id", "level"])
-    graded = rows.filter(pc.is_in(rows["question_id"], value_set=ids))
+    files = bank.part_files(bank_root, "bank", student, grader_id)  # scanned, never read whole: the bank may be huge
+    graded = storage.dataset(files, schemas.BANK).to_table(columns=["question_id", "level"],
+                                                           filter=pc.field("question_id").isin(ids))
     if graded.num_rows == 0:
         raise DistributionError(
             f"none of the {len(ids)} eval questions is graded for {student} (grader {grader_id}) in {bank_root}; "
@@ -114,17 +114,13 @@ def eval_distribution(bank_root: str | Path, student: str, grader_id: str,
 
 
 def save_distribution(dist: Distribution, path: str | Path) -> None:
-    """Write the artifact atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the artifact, published whole (a path or URI)."""
     blob = {"format": ARTIFACT_FORMAT, "kind": dist.kind, "weights": dist.weights, "provenance": dist.provenance}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(blob, indent=2))
-    os.replace(tmp, path)
+    storage.write_text(str(path), json.dumps(blob, indent=2))
 
 
 def load_distribution(path: str | Path) -> Distribution:
-    blob = json.loads(Path(path).read_text())
+    blob = json.loads(storage.read_text(str(path)))
     if blob.get("format") != ARTIFACT_FORMAT:
         raise DistributionError(f"{path}: not a distribution artifact (format {blob.get('format')!r})")
     return Distribution(blob["kind"], blob["weights"], blob.get("provenance", {}))

@@ -32,10 +32,9 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adaptcot import eval_metrics
+from adaptcot import eval_metrics, storage
 from adaptcot.answering import SamplingConfig, StudentConfig, answer_processor, expand_samples, to_attempt_row
 from adaptcot.grading import AttemptVerifier, VerifyConfig
 from adaptcot.pool_presets import last_boxed
@@ -186,11 +185,11 @@ def metrics_of(samples: pa.Table) -> dict:
 # --- Ray parts -------------------------------------------------------------------------------------------------------
 def load_benchmark(spec: BenchmarkSpec, out: str | Path) -> pa.Table:
     """Import the benchmark once into `<out>/benchmarks/<name>/` (pool format) and read its questions."""
-    from adaptcot.pool_import import PoolImportConfig, import_pool, read_pool
+    from adaptcot.pool_import import PoolImportConfig, import_pool, pool_files, read_pool
 
-    directory = Path(out) / "benchmarks" / spec.name
-    if not (directory / "pool").exists():
-        import_pool(PoolImportConfig(sources=[spec.source], domain=spec.domain, out=str(directory),
+    directory = storage.join(str(out), "benchmarks", spec.name)
+    if not pool_files(directory):
+        import_pool(PoolImportConfig(sources=[spec.source], domain=spec.domain, out=directory,
                                      preset=spec.preset, mapping=spec.mapping, hf_split=spec.hf_split,
                                      hf_config=spec.hf_config))
     pool = read_pool(directory, POOL_COLUMNS).sort_by("question_id")
@@ -275,13 +274,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     A finished evaluation with the same settings (recorded in metrics.json) is returned as it is, not redone."""
     started = time.perf_counter()
     name = cfg.model.display_name
-    out_dir = Path(cfg.out) / name
+    out_dir = storage.join(cfg.out, name)
     settings = json.loads(cfg.model_dump_json(exclude={"out"}))
-    if (out_dir / "metrics.json").exists() and (out_dir / "samples.parquet").exists():
-        previous = json.loads((out_dir / "metrics.json").read_text())
+    metrics_path, samples_path = storage.join(out_dir, "metrics.json"), storage.join(out_dir, "samples.parquet")
+    if storage.exists(metrics_path) and storage.exists(samples_path):
+        previous = json.loads(storage.read_text(metrics_path))
         if previous.get("settings") == settings:
             return previous
-    out_dir.mkdir(parents=True, exist_ok=True)
     levels = bank_levels(cfg.levels)
     tables, metrics = [], {"model": cfg.model.model, "name": name, "cascaded": cfg.cascaded, "benchmarks": {}}
     pools = {}
@@ -289,7 +288,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         pools[spec.name] = load_benchmark(spec, cfg.out)
         if pools[spec.name].num_rows == 0:
             raise ValueError(f"benchmark {spec.name}: no usable question in {spec.source} (see its rejects in "
-                             f"{Path(cfg.out) / 'benchmarks' / spec.name / 'rejects'})")
+                             f"{storage.join(cfg.out, 'benchmarks', spec.name, 'rejects')})")
     # Benchmarks with the same sampling are answered in one pass (one engine start); a question two of them share
     # is answered once and counted in both.
     groups: dict[str, list[BenchmarkSpec]] = {}
@@ -307,10 +306,10 @@ def evaluate(cfg: EvalConfig) -> dict:
             samples = sample_rows(answered.filter(mine), spec.name, levels, categories)
             tables.append(samples)
             metrics["benchmarks"][spec.name] = {"sampling": sampling.model_dump(), **metrics_of(samples)}
-    pq.write_table(pa.concat_tables(tables), out_dir / "samples.parquet")
+    storage.write_table(pa.concat_tables(tables), samples_path)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     metrics["settings"] = settings
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    storage.write_text(metrics_path, json.dumps(metrics, indent=2))  # last: its presence means done
     return metrics
 
 

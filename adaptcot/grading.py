@@ -16,22 +16,23 @@ attempt `sandbox_error` with `correct` null, which, like an engine error, leaves
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-import uuid
 from typing import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adaptcot import bank, schemas
+
+from adaptcot import bank, schemas, storage
 from adaptcot.answering import StudentConfig, answer_processor, expand_samples, to_attempt_row
-from adaptcot.levels import GraderConfig, grade_questions, grader_id
+from adaptcot.levels import QUESTION_STATS, GraderConfig, grader_id, level_rows, question_stats
 from adaptcot.prm_scoring import PRMConfig, PRMScorer, check_prm
+from adaptcot.runtime import ActorPoolSize
 from adaptcot.sandbox import Sandbox
 from adaptcot.verify_code import CodeVerifier, CodeVerifyConfig, verify_code_table
 from adaptcot.verify_math import MathVerifier, verify_table
@@ -41,7 +42,7 @@ class VerifyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     workers: int = Field(default=1, ge=1)  # verifier processes per actor
     timeout_s: float = Field(default=5.0, gt=0)
-    concurrency: int = Field(default=1, ge=1)
+    concurrency: ActorPoolSize = 1  # verifier actors (math processes, sandboxes), or [min, max] to autoscale
     num_cpus: float = Field(default=0.25, gt=0)
     code: CodeVerifyConfig = CodeVerifyConfig()  # the sandbox and comparison settings for code answers
 
@@ -93,8 +94,14 @@ class GradeReport:
 
 
 # --- preflight -------------------------------------------------------------------------------------------------
-def check_model_path(model: str, what: str) -> None:
-    """A local model path must exist; a hub id (`org/name`) is left to the loader."""
+def check_model_path(model: str, what: str, remote_ok: bool = True) -> None:
+    """A local model path must exist; a hub id (`org/name`) is left to the loader, and so is a cloud URI
+    (`ray.data.llm` downloads s3:// and gs:// models to each node) where `remote_ok`."""
+    if storage.is_remote(model):
+        if not remote_ok:
+            raise ValueError(f"{what} model {model}: give a local directory or a hub id (this stage loads it "
+                             "with vllm.LLM, which does not read cloud URIs)")
+        return
     looks_local = model.startswith(("/", ".", "~")) or Path(model).exists() or model.count("/") != 1
     if looks_local and not Path(model).expanduser().is_dir():
         raise FileNotFoundError(f"{what} model not found: {model} (a local directory, or a hub id like org/name)")
@@ -102,13 +109,14 @@ def check_model_path(model: str, what: str) -> None:
 
 def preflight(cfg: GradeConfig) -> None:
     """Everything that can fail before Ray starts: paths, the PRM's step token, the sandbox if there is code."""
-    if not Path(cfg.pool).is_dir():
-        raise FileNotFoundError(f"pool not found: {cfg.pool} (create it with `adaptcot pool import`)")
     check_model_path(cfg.student.model, "student")
     if cfg.grader.mode == "prm":
-        check_model_path(cfg.prm.model, "PRM")
+        check_model_path(cfg.prm.model, "PRM", remote_ok=False)
         check_prm(cfg.prm)
-    domains = pads.dataset(str(Path(cfg.pool) / "pool"), format="parquet").to_table(columns=["domain"])["domain"]
+    pool_files = storage.list_files(storage.join(cfg.pool, "pool"), "*.parquet")
+    if not pool_files:
+        raise FileNotFoundError(f"pool not found or empty: {cfg.pool} (create it with `adaptcot pool import`)")
+    domains = storage.dataset(pool_files).to_table(columns=["domain"])["domain"]
     if pc.any(pc.equal(domains, "code")).as_py():
         with Sandbox(cfg.verify.code.sandbox) as sandbox:  # fails here if this host cannot contain programs
             sandbox.start()
@@ -116,14 +124,16 @@ def preflight(cfg: GradeConfig) -> None:
 
 # --- pipeline stages ------------------------------------------------------------------------------------------
 POOL_COLUMNS = ["question_id", "domain", "question", "reference_answer", "tests", "starter_code"]
+# A bank partition of up to this many attempts is checked and finalized in one process; above it, on Ray Data.
+IN_PROCESS_MAX_ROWS = 1_000_000
 
 
 def _sample_keys(question_ids: pa.Array, sample_index: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(question_ids, pc.cast(sample_index, pa.string()), "#")
 
 
-def select_todo(batch: pa.Table, n: int, done: pa.Array) -> pa.Table:
-    """Rows of a pool batch, expanded to n samples, without the samples already stored.
+def select_todo(batch: pa.Table, n: int, done: pa.Array | None = None) -> pa.Table:
+    """Rows of a pool batch, expanded to n samples (minus any in `done`), each with its `sample_key`.
 
     Code tests travel as JSON text (`tests_json`): a struct column that is all null in math-only blocks would not
     unify with the struct of code blocks downstream."""
@@ -131,10 +141,15 @@ def select_todo(batch: pa.Table, n: int, done: pa.Array) -> pa.Table:
         tests = [None if t is None else json.dumps(t) for t in batch["tests"].to_pylist()]
         batch = batch.drop_columns(["tests"]).append_column("tests_json", pa.array(tests, pa.string()))
     expanded = expand_samples(batch, n)
-    if len(done):
-        stored = pc.is_in(_sample_keys(expanded["question_id"], expanded["sample_index"]), value_set=done)
-        expanded = expanded.filter(pc.invert(stored))
-    return expanded
+    keys = _sample_keys(expanded["question_id"], expanded["sample_index"])
+    if done is not None and len(done):
+        expanded = expanded.filter(pc.invert(pc.is_in(keys, value_set=done)))
+        keys = _sample_keys(expanded["question_id"], expanded["sample_index"])
+    return expanded.append_column("sample_key", keys)
+
+
+def _sample_key_only(batch: pa.Table) -> pa.Table:
+    return pa.table({"sample_key": _sample_keys(batch["question_id"], batch["sample_index"])})
 
 
 def verify_attempts(batch: pa.Table, math: MathVerifier, code: Callable[[], CodeVerifier]) -> pa.Table:
@@ -177,8 +192,12 @@ class AttemptVerifier:
 
 
 def write_attempts(batch: pa.Table, root: str, student: str, gid: str, prm_name: str | None) -> pa.Table:
-    """Commit one batch: step scores part, then the attempts part of the same name (the commit mark)."""
-    name = f"part-{uuid.uuid4().hex}.parquet"
+    """Commit one batch: step scores part, then the attempts part of the same name (the commit mark).
+
+    The name is a hash of the batch's sample keys: when Ray re-runs this task (its node died after it wrote, and
+    the lineage is replayed), the rerun overwrites the same files instead of storing the samples twice."""
+    keys = sorted(_sample_keys(batch["question_id"], batch["sample_index"]).to_pylist())
+    name = f"part-{hashlib.sha256(chr(10).join(keys).encode()).hexdigest()[:32]}.parquet"
     n = batch.num_rows
     batch = batch.append_column("student", pa.array([student] * n, pa.string()))
     if "prm_score" in batch.schema.names:
@@ -191,26 +210,47 @@ def write_attempts(batch: pa.Table, root: str, student: str, gid: str, prm_name:
 
 
 # --- driver ---------------------------------------------------------------------------------------------------
-def _count_todo(pool_dir: str, n: int, done: pa.Array) -> tuple[int, int, int]:
-    """(math questions, code questions, samples to generate), streaming the pool's id and domain columns."""
-    n_math = n_code = todo = 0
-    scanner = pads.dataset(pool_dir, format="parquet").scanner(columns=["question_id", "domain"])
-    for batch in scanner.to_batches():
-        table = pa.Table.from_batches([batch])
-        n_math += pc.sum(pc.equal(table["domain"], "math")).as_py() or 0
-        n_code += table.num_rows - (pc.sum(pc.equal(table["domain"], "math")).as_py() or 0)
-        todo += select_todo(table, n, done).num_rows
-    return n_math, n_code, todo
+def _count_domains(pool_files: list[str]) -> tuple[int, int]:
+    """(math questions, code questions), streaming the pool's domain column."""
+    n_math = n_all = 0
+    for batch in storage.dataset(pool_files).scanner(columns=["domain"]).to_batches():
+        n_math += pc.sum(pc.equal(batch.column(0), "math")).as_py() or 0
+        n_all += batch.num_rows
+    return n_math, n_all - n_math
 
 
-def run_pipeline(cfg: GradeConfig, gid: str, done: pa.Array) -> tuple[int, int]:
-    """Answer, verify, score and store every sample still to do; (generated, errors)."""
-    import ray
+def todo_dataset(cfg: GradeConfig, gid: str, pool_files: list[str],
+                 in_process_max_rows: int = IN_PROCESS_MAX_ROWS) -> tuple[object, int]:
+    """(the pool's questions x n samples minus the samples already stored for this student and grader, how many).
 
+    Up to `in_process_max_rows` stored samples travel to every task as a set of keys; more are removed by a
+    distributed anti-join on the sample key (a bank of millions of attempts is no set to send around), whose
+    result is materialized (object store, spilled to disk when large) so that the job can tell how many are left
+    and start no engine when none are. Without stored samples the rows stream straight into the engines."""
+    light, n = cfg.student.resources.cpus_per_light_stage, cfg.student.sampling.n
+    pool = storage.ray_dataset(pool_files, POOL_COLUMNS, light)
+    stored = bank.part_files(cfg.bank, "attempts", cfg.student.display_name, gid)
+    if not stored:
+        rows = sum(storage_row_count(f) for f in pool_files)
+        return pool.map_batches(select_todo, fn_kwargs={"n": n}, batch_format="pyarrow", num_cpus=light), rows * n
+    if sum(storage_row_count(f) for f in stored) <= in_process_max_rows:
+        keys = storage.dataset(stored, schemas.ATTEMPTS).to_table(columns=["question_id", "sample_index"])
+        done = _sample_keys(keys["question_id"], keys["sample_index"]).combine_chunks()
+        left = sum(select_todo(pa.Table.from_batches([b]), n, done).num_rows
+                   for b in storage.dataset(pool_files).scanner(columns=["question_id"]).to_batches())
+        return pool.map_batches(select_todo, fn_kwargs={"n": n, "done": done}, batch_format="pyarrow",
+                                num_cpus=light), left
+    keys = storage.ray_dataset(stored, ["question_id", "sample_index"], light).map_batches(
+        _sample_key_only, batch_format="pyarrow", num_cpus=light)
+    todo = pool.map_batches(select_todo, fn_kwargs={"n": n}, batch_format="pyarrow", num_cpus=light).join(
+        keys, join_type="left_anti", on=("sample_key",), num_partitions=_partitions(stored + pool_files))
+    todo = todo.materialize()
+    return todo, todo.count()
+
+
+def run_pipeline(cfg: GradeConfig, gid: str, todo) -> tuple[int, int]:
+    """Answer, verify, score and store every sample of `todo`; (generated, errors)."""
     student, light = cfg.student, cfg.student.resources.cpus_per_light_stage
-    pool = ray.data.read_parquet(str(Path(cfg.pool) / "pool"), columns=POOL_COLUMNS, num_cpus=light)
-    todo = pool.map_batches(select_todo, fn_kwargs={"n": student.sampling.n, "done": done},
-                            batch_format="pyarrow", num_cpus=light)
     attempts = answer_processor(student)(todo).map(to_attempt_row, num_cpus=light)
     attempts = attempts.map_batches(AttemptVerifier, fn_constructor_kwargs={"workers": cfg.verify.workers,
                                     "timeout_s": cfg.verify.timeout_s, "code": cfg.verify.code},
@@ -227,28 +267,102 @@ def run_pipeline(cfg: GradeConfig, gid: str, done: pa.Array) -> tuple[int, int]:
             batch_size=prm.batch_size, batch_format="pyarrow")
     written = attempts.map_batches(write_attempts, fn_kwargs={"root": cfg.bank, "student": student.display_name,
                                    "gid": gid, "prm_name": prm_name}, batch_format="pyarrow", num_cpus=light)
-    counts = written.to_arrow_refs()
-    tables = [ray.get(ref) for ref in counts]
+    # Consumed as they come, so a finished block's count is in the driver before a node that holds it can die.
+    tables = [t for t in written.iter_batches(batch_format="pyarrow", batch_size=None)]
     generated = sum(pc.sum(t["written"]).as_py() or 0 for t in tables)
     errors = sum(pc.sum(t["errors"]).as_py() or 0 for t in tables)
     return generated, errors
 
 
-def finalize_bank(root: str, student: str, gid: str, n: int, grader: GraderConfig) -> tuple[int, int]:
-    """Bank rows for questions whose n samples are all stored and that are not in the bank yet."""
-    attempts = bank.read_partition(root, "attempts", student, gid,
-                                   ["question_id", "domain", "sample_index", "correct"])
-    scores = bank.read_partition(root, "step_scores", student, gid, ["question_id", "sample_index", "prm_score"])
-    joined = attempts.join(scores, ["question_id", "sample_index"], join_type="left outer")
-    per_question = joined.group_by("question_id").aggregate([("sample_index", "count_distinct")])
-    complete = per_question.filter(pc.greater_equal(per_question["sample_index_count_distinct"], n))["question_id"]
-    graded = bank.read_partition(root, "bank", student, gid, ["question_id"])["question_id"]
-    new = pc.and_(pc.is_in(joined["question_id"], value_set=complete),
-                  pc.invert(pc.is_in(joined["question_id"], value_set=graded)))
-    ref = str(bank.partition_dir(root, "attempts", student, gid))
-    rows, ungradable = grade_questions(joined.filter(new), grader, student, gid, ref)
+def _partitions(files: list[str]) -> int:
+    """Hash partitions for a distributed join or group-by: about 250k rows each (Parquet footers give counts)."""
+    rows = sum(storage_row_count(f) for f in files)
+    return max(1, min(256, rows // 250_000 + 1))
+
+
+def storage_row_count(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    fs, inner = storage.resolve(path)
+    with fs.open_input_file(inner) as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+def _attempt_flags(batch: pa.Table) -> pa.Table:
+    decided = pc.cast(pc.is_valid(batch["correct"]), pa.int64())
+    right = pc.cast(pc.fill_null(batch["correct"], False), pa.int64())
+    return batch.select(["question_id", "domain", "sample_index"]).append_column("decided", decided) \
+        .append_column("right", right)
+
+
+def _grade_block(stats: pa.Table, n: int, grader: GraderConfig, root: str, student: str, gid: str) -> pa.Table:
+    """Grade the complete questions of one block of per-question stats into one bank part; the counts."""
+    if "prm_score" not in stats.column_names:  # no step scores at all (pass_rate mode, or nothing wrong)
+        stats = stats.append_column("prm_score", pa.nulls(stats.num_rows, pa.float64()))
+    stats = stats.select(QUESTION_STATS.names).cast(QUESTION_STATS)
+    complete = stats.filter(pc.greater_equal(stats["samples"], n))
+    rows, ungradable = level_rows(complete, grader, student, gid, bank.partition_dir(root, "attempts", student, gid))
     bank.write_part(rows, bank.partition_dir(root, "bank", student, gid), schemas.BANK)
-    return rows.num_rows, len(ungradable)
+    return pa.table({"graded": [rows.num_rows], "ungradable": [len(ungradable)]})
+
+
+def _stats_in_process(attempt_files: list[str], score_files: list[str], graded_files: list[str]) -> pa.Table:
+    """Per-question stats of the questions not graded yet, in this process (a small partition)."""
+    attempts = storage.dataset(attempt_files, schemas.ATTEMPTS).to_table(
+        columns=["question_id", "domain", "sample_index", "correct"])
+    scores = storage.dataset(score_files, schemas.STEP_SCORES).to_table(
+        columns=["question_id", "sample_index", "prm_score"]) if score_files else \
+        schemas.STEP_SCORES.empty_table().select(["question_id", "sample_index", "prm_score"])
+    stats = question_stats(attempts.join(scores, ["question_id", "sample_index"], join_type="left outer"))
+    if graded_files:
+        graded = storage.dataset(graded_files, schemas.BANK).to_table(columns=["question_id"])["question_id"]
+        stats = stats.filter(pc.invert(pc.is_in(stats["question_id"], value_set=graded)))
+    return stats
+
+
+def _stats_on_ray(attempt_files: list[str], score_files: list[str], graded_files: list[str]):
+    """The same per-question stats as a Ray dataset: hash group-bys, a join with the step scores' means, an
+    anti-join with the questions already graded. No process holds the partition."""
+    from ray.data.aggregate import CountDistinct, Mean, Sum
+
+    parts = _partitions(attempt_files)
+    stats = storage.ray_dataset(attempt_files, ["question_id", "domain", "sample_index", "correct"]) \
+        .map_batches(_attempt_flags, batch_format="pyarrow", num_cpus=0.25) \
+        .groupby(["question_id", "domain"], num_partitions=parts) \
+        .aggregate(CountDistinct("sample_index", alias_name="samples"), Sum("decided", alias_name="decided"),
+                   Sum("right", alias_name="right"))
+    if score_files:
+        scores = storage.ray_dataset(score_files, ["question_id", "prm_score"]) \
+            .groupby("question_id", num_partitions=parts) \
+            .aggregate(Mean("prm_score", ignore_nulls=True, alias_name="prm_score"))
+        stats = stats.join(scores, join_type="left_outer", on=("question_id",), num_partitions=parts)
+    if graded_files:
+        graded = storage.ray_dataset(graded_files, ["question_id"])
+        stats = stats.join(graded, join_type="left_anti", on=("question_id",), num_partitions=parts)
+    return stats
+
+
+def finalize_bank(root: str, student: str, gid: str, n: int, grader: GraderConfig,
+                  in_process_max_rows: int = IN_PROCESS_MAX_ROWS) -> tuple[int, int]:
+    """Bank rows for questions whose n samples are all stored and that are not in the bank yet: (graded,
+    ungradable). A partition of more than `in_process_max_rows` attempts is finalized on Ray Data (Ray must be up),
+    block by block (`benchmarks/bank_scale.py`); both ways compute the same `levels.QUESTION_STATS`."""
+    attempt_files = bank.part_files(root, "attempts", student, gid)
+    if not attempt_files:
+        return 0, 0
+    score_files = bank.part_files(root, "step_scores", student, gid)
+    graded_files = bank.part_files(root, "bank", student, gid)
+    kwargs = {"n": n, "grader": grader, "root": root, "student": student, "gid": gid}
+    if sum(storage_row_count(f) for f in attempt_files) <= in_process_max_rows:
+        counts = _grade_block(_stats_in_process(attempt_files, score_files, graded_files), **kwargs)
+        return counts["graded"][0].as_py(), counts["ungradable"][0].as_py()
+    import ray
+
+    blocks = _stats_on_ray(attempt_files, score_files, graded_files).map_batches(
+        _grade_block, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=50_000, num_cpus=0.25)
+    tables = [ray.get(r) for r in blocks.to_arrow_refs()]
+    return (sum(pc.sum(t["graded"]).as_py() or 0 for t in tables),
+            sum(pc.sum(t["ungradable"]).as_py() or 0 for t in tables))
 
 
 def grade(cfg: GradeConfig) -> GradeReport:
@@ -259,18 +373,15 @@ def grade(cfg: GradeConfig) -> GradeReport:
                                      "student": cfg.student.answering_key(),
                                      "prm": cfg.prm.scoring_key() if cfg.prm else None})
     bank.remove_uncommitted(cfg.bank, student, gid)
-    stored = bank.read_partition(cfg.bank, "attempts", student, gid, ["question_id", "sample_index"])
-    done = _sample_keys(stored["question_id"], stored["sample_index"]).combine_chunks() if stored.num_rows \
-        else pa.array([], pa.string())
+    pool_files = storage.list_files(storage.join(cfg.pool, "pool"), "*.parquet")
     report = GradeReport(student=student, grader_id=gid)
-    report.math_questions, report.code_questions, report.samples_todo = _count_todo(
-        str(Path(cfg.pool) / "pool"), cfg.student.sampling.n, done)
+    report.math_questions, report.code_questions = _count_domains(pool_files)
+    todo, report.samples_todo = todo_dataset(cfg, gid, pool_files)
     if report.samples_todo:
-        report.generated, report.generation_errors = run_pipeline(cfg, gid, done)
+        report.generated, report.generation_errors = run_pipeline(cfg, gid, todo)
     report.newly_graded, report.ungradable = finalize_bank(cfg.bank, student, gid, cfg.student.sampling.n,
                                                           cfg.grader)
-    levels = bank.read_partition(cfg.bank, "bank", student, gid, ["level"])["level"].to_pylist()
-    report.levels = {lv.value: levels.count(lv.value) for lv in schemas.LEVELS_EASIEST_FIRST}
+    report.levels = bank.level_counts(bank.part_files(cfg.bank, "bank", student, gid))
     report.seconds = round(time.time() - started, 1)
     return report
 

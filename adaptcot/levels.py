@@ -81,37 +81,47 @@ def level_for(pass_rate: float | None, prm_score: float | None, grader: GraderCo
 
 
 GRADE_INPUT = ("question_id", "domain", "sample_index", "correct", "prm_score")
+# One row per question: what `question_stats` computes from its attempts, and what the distributed finalize step
+# computes with Ray Data aggregations (`grading.finalize_bank`); `level_rows` grades either.
+QUESTION_STATS = pa.schema([pa.field("question_id", pa.string()), pa.field("domain", pa.string()),
+                            pa.field("samples", pa.int64()), pa.field("decided", pa.int64()),
+                            pa.field("right", pa.int64()), pa.field("prm_score", pa.float64())])
 
 
-def grade_questions(attempts: pa.Table, grader: GraderConfig, student: str, gid: str, attempts_ref: str
-                    ) -> tuple[pa.Table, pa.Table]:
-    """(bank rows, ungradable question ids) from all attempts of some questions (one row per sample)."""
-    schemas.require_columns(attempts, GRADE_INPUT, "grade_questions")
-    decided = attempts.filter(pc.is_valid(attempts["correct"]))
-    wrong = decided.filter(pc.invert(decided["correct"]))
-    stats = _per_question(decided, wrong)
+def question_stats(attempts: pa.Table) -> pa.Table:
+    """Per question: samples stored, samples decided (correct not null), right ones, mean PRM score of wrong ones."""
+    schemas.require_columns(attempts, GRADE_INPUT, "question_stats")
+    flags = attempts.select(["question_id", "domain", "sample_index", "prm_score"]).append_column(
+        "decided", pc.cast(pc.is_valid(attempts["correct"]), pa.int64())).append_column(
+        "right", pc.cast(pc.fill_null(attempts["correct"], False), pa.int64()))
+    wrong = pc.equal(pc.fill_null(attempts["correct"], True), False)
+    flags = flags.set_column(flags.schema.get_field_index("prm_score"), "prm_score",
+                             pc.if_else(wrong, pc.cast(attempts["prm_score"], pa.float64()), None))
+    stats = flags.group_by(["question_id", "domain"], use_threads=False).aggregate(
+        [("sample_index", "count_distinct"), ("decided", "sum"), ("right", "sum"), ("prm_score", "mean")])
+    return pa.table({"question_id": stats["question_id"], "domain": stats["domain"],
+                     "samples": stats["sample_index_count_distinct"], "decided": stats["decided_sum"],
+                     "right": stats["right_sum"], "prm_score": stats["prm_score_mean"]}, schema=QUESTION_STATS)
+
+
+def level_rows(stats: pa.Table, grader: GraderConfig, student: str, gid: str, attempts_ref: str
+               ) -> tuple[pa.Table, pa.Array]:
+    """(bank rows, ungradable question ids) of per-question stats (schema QUESTION_STATS, complete questions)."""
     rows, ungradable = [], []
-    for q in stats:
-        level = level_for(q["pass_rate"], q["prm_score"], grader)
+    for q in stats.to_pylist():
+        pass_rate = q["right"] / q["decided"] if q["decided"] else None
+        level = level_for(pass_rate, q["prm_score"], grader)
         if level is None:
             ungradable.append(q["question_id"])
             continue
         rows.append({"question_id": q["question_id"], "domain": q["domain"], "student": student, "grader_id": gid,
-                     "level": level.value, "difficulty_rank": level.rank, "pass_rate": q["pass_rate"],
-                     "num_samples": q["num_samples"], "prm_score": None if level is Level.EASY else q["prm_score"],
+                     "level": level.value, "difficulty_rank": level.rank, "pass_rate": pass_rate,
+                     "num_samples": q["decided"], "prm_score": None if level is Level.EASY else q["prm_score"],
                      "attempts_ref": attempts_ref})
-    all_ids = set(attempts["question_id"].to_pylist())
-    ungradable += sorted(all_ids - {q["question_id"] for q in stats})
     return pa.Table.from_pylist(rows, schema=schemas.BANK), pa.array(ungradable, pa.string())
 
 
-def _per_question(decided: pa.Table, wrong: pa.Table) -> list[dict]:
-    counts = decided.group_by(["question_id", "domain"]).aggregate([("correct", "count"), ("correct", "sum")])
-    scores = wrong.group_by("question_id").aggregate([("prm_score", "mean")])
-    score_of = dict(zip(scores["question_id"].to_pylist(), scores["prm_score_mean"].to_pylist()))
-    out = []
-    for qid, domain, n, n_correct in zip(counts["question_id"].to_pylist(), counts["domain"].to_pylist(),
-                                         counts["correct_count"].to_pylist(), counts["correct_sum"].to_pylist()):
-        out.append({"question_id": qid, "domain": domain, "num_samples": n, "pass_rate": (n_correct or 0) / n,
-                    "prm_score": score_of.get(qid)})
-    return out
+def grade_questions(attempts: pa.Table, grader: GraderConfig, student: str, gid: str, attempts_ref: str
+                    ) -> tuple[pa.Table, pa.Array]:
+    """(bank rows, ungradable question ids) from all attempts of some questions (one row per sample)."""
+    return level_rows(question_stats(attempts), grader, student, gid, attempts_ref)

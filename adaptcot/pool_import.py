@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -24,12 +25,11 @@ from typing import Iterable, Iterator, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from adaptcot import schemas
+from adaptcot import schemas, storage
 from adaptcot.pool_presets import ColumnMapping, MappingError, RowProblem, read_answer, read_tests, resolve_mapping
 from adaptcot.pool_presets import multiple_choice, solution_text
 from adaptcot.pool_sources import RawRow, Source, open_source
@@ -205,15 +205,17 @@ _SPILL_SCHEMA = schemas.POOL.append(pa.field("_seq", pa.int64()))
 _IDS_SCHEMA = pa.schema([schemas.POOL.field("question_id")])
 
 
-def _existing_parquet(directory: Path) -> list[str]:
-    return sorted(str(p) for p in directory.glob("*.parquet")) if directory.exists() else []
+def _existing_parquet(directory: str) -> list[str]:
+    return storage.list_files(directory, "*.parquet")
 
 
-def _spill_existing_ids(pool_dir: Path, spill: _BucketSpill) -> int:
+def _spill_existing_ids(pool_dir: str, spill: _BucketSpill) -> int:
     files = _existing_parquet(pool_dir)
     n = 0
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(columns=["question_id"], batch_size=READ_BATCH_ROWS):
+        fs, inner = storage.resolve(path)
+        parquet = pq.ParquetFile(fs.open_input_file(inner))
+        for batch in parquet.iter_batches(columns=["question_id"], batch_size=READ_BATCH_ROWS):
             spill.add(pa.Table.from_batches([batch], _IDS_SCHEMA))
             n += batch.num_rows
     return n
@@ -269,10 +271,10 @@ def _open_sources(cfg: PoolImportConfig, mapping: ColumnMapping) -> list[Source]
     return sources
 
 
-def _known_rejects(rejects_dir: Path) -> set[tuple[str, int]]:
+def _known_rejects(rejects_dir: str) -> set[tuple[str, int]]:
     keys: set[tuple[str, int]] = set()
     for path in _existing_parquet(rejects_dir):
-        t = pq.read_table(path, columns=["source", "source_row"])
+        t = storage.read_table(path, columns=["source", "source_row"])
         keys.update(zip(t["source"].to_pylist(), t["source_row"].to_pylist()))
     return keys
 
@@ -305,10 +307,13 @@ def import_pool(cfg: PoolImportConfig) -> ImportReport:
     if cfg.domain == "code" and mapping.distractors:
         raise MappingError("distractors (multiple choice) are for math questions only")
     sources = _open_sources(cfg, mapping)  # fails here, before anything is written
-    out = Path(cfg.out)
-    pool_dir, rejects_dir = out / "pool", out / "rejects"
+    out = cfg.out
+    pool_dir, rejects_dir = storage.join(out, "pool"), storage.join(out, "rejects")
     token = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    staging = out / f".staging-{token}"
+    # Staged on the pool's own disk (published by renames) or, for a pool in object storage, on this machine's
+    # (published by uploads): the spill files are scratch either way.
+    staging = Path(tempfile.mkdtemp(prefix=f"adaptcot-import-{token}-")) if storage.is_remote(out) else \
+        Path(out) / f".staging-{token}"
     report = ImportReport()
     try:
         new_spill = _BucketSpill(staging / "new", _SPILL_SCHEMA)
@@ -342,36 +347,42 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def _publish(staging: Path, pool_dir: Path, rejects_dir: Path, pool_files: list[Path],
+def _publish(staging: Path, pool_dir: str, rejects_dir: str, pool_files: list[Path],
              reject_files: list[Path]) -> None:
     # Rejects first: a kill between the moves leaves pool rows to be re-added (de-duplicated), never lost rejects.
-    _mkdir(pool_dir), _mkdir(rejects_dir)
-    for path in reject_files:
-        path.rename(rejects_dir / path.name)
-    for path in pool_files:
-        path.rename(pool_dir / path.name)
+    for directory, files in ((rejects_dir, reject_files), (pool_dir, pool_files)):
+        if not storage.is_remote(directory):
+            _mkdir(Path(directory))
+        for path in files:
+            if storage.is_remote(directory):
+                storage.upload(path, storage.join(directory, path.name))  # whole objects, one per file
+            else:
+                path.rename(Path(directory) / path.name)
 
 
-def _append_manifest(out: Path, cfg: PoolImportConfig, report: ImportReport, token: str) -> None:
-    path = out / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {"schema_version": schemas.SCHEMA_VERSION,
-                                                                   "imports": []}
+def _append_manifest(out: str, cfg: PoolImportConfig, report: ImportReport, token: str) -> None:
+    path = storage.join(out, "manifest.json")
+    manifest = json.loads(storage.read_text(path)) if storage.exists(path) else {
+        "schema_version": schemas.SCHEMA_VERSION, "imports": []}
     manifest["imports"].append({"token": token, "config": cfg.model_dump(), **report.as_dict()})
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(path)
+    storage.write_text(path, json.dumps(manifest, indent=2))
+
+
+def pool_files(out: str | Path) -> list[str]:
+    """The Parquet files of the pool at `out` (a directory or URI made by `import_pool`)."""
+    return _existing_parquet(storage.join(str(out), "pool"))
 
 
 def read_pool(out: str | Path, columns: list[str] | None = None) -> pa.Table:
     """The whole pool as one table (for small pools and tests; large pools stream with `pyarrow.dataset`)."""
-    return pads.dataset(str(Path(out) / "pool"), format="parquet", schema=schemas.POOL).to_table(columns=columns)
+    return storage.dataset(pool_files(out), schemas.POOL).to_table(columns=columns)
 
 
 def read_rejects(out: str | Path) -> pa.Table:
-    path = Path(out) / "rejects"
-    if not _existing_parquet(path):
+    files = _existing_parquet(storage.join(str(out), "rejects"))
+    if not files:
         return schemas.REJECTS.empty_table()
-    return pads.dataset(str(path), format="parquet", schema=schemas.REJECTS).to_table()
+    return storage.dataset(files, schemas.REJECTS).to_table()
 
 
 def import_pool_remote(cfg: PoolImportConfig) -> ImportReport:

@@ -3,8 +3,9 @@
 `open_source(spec)` checks the source exists and returns a `Source` whose `rows()` yields `RawRow`s one at a time, so
 import memory does not grow with the pool. A row that cannot be read as a record (a broken JSON line, invalid UTF-8,
 a CSV line with the wrong number of fields) is yielded with `problem` set instead of being dropped or aborting the
-file. Source specs: a file path (`.jsonl`, `.json`, `.jsonl.gz`, `.parquet`, `.csv`, `.tsv`), a local directory
-(a `datasets` `save_to_disk` folder or a folder of data files), `hf:NAME` for a dataset on the Hugging Face hub, or
+file. Source specs: a file path or cloud URI (s3://, gs://) ending in `.jsonl`, `.json`, `.jsonl.gz`, `.parquet`,
+`.csv` or `.tsv`; a local directory (a `datasets` `save_to_disk` folder or a folder of data files), `hf:NAME` for a
+dataset on the Hugging Face hub, or
 `hf://datasets/OWNER/NAME/GLOB` for data files of a hub dataset read directly (JSON lines or Parquet), which is how
 datasets whose loading script `datasets` no longer runs are read (LiveCodeBench).
 """
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow.parquet as pq
+
+from adaptcot import storage
 
 RAW_TEXT_LIMIT = 4096  # characters of a bad row kept in the rejects table
 
@@ -41,8 +44,18 @@ def _raw_text(data: bytes | str) -> str:
     return text[:RAW_TEXT_LIMIT]
 
 
-def _open_binary(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+def _open_binary(spec: str):
+    """A binary stream of a local file or a cloud URI (s3://...), gunzipped for .gz."""
+    if not storage.is_remote(spec):
+        return gzip.open(spec, "rb") if spec.endswith(".gz") else open(spec, "rb")
+    fs, inner = storage.resolve(spec)
+    raw = fs.open_input_stream(inner, compression=None)
+    return gzip.GzipFile(fileobj=raw) if spec.endswith(".gz") else io.BufferedReader(raw)
+
+
+def _parquet_file(spec: str) -> pq.ParquetFile:
+    fs, inner = storage.resolve(spec)
+    return pq.ParquetFile(fs.open_input_file(inner))
 
 
 @dataclass(frozen=True)
@@ -65,7 +78,7 @@ class Source:
     def column_names(self, peek_rows: int = 100) -> set[str]:
         """Columns the source has (for JSON: the keys seen in its first records)."""
         if self.kind == "parquet":
-            return set(pq.ParquetFile(self.path).schema_arrow.names)
+            return set(_parquet_file(self.spec).schema_arrow.names)
         names: set[str] = set()
         for i, raw in enumerate(self.rows()):
             if raw.record is not None:
@@ -75,7 +88,7 @@ class Source:
         return names
 
     def _jsonl(self) -> Iterator[RawRow]:
-        with _open_binary(self.path) as f:
+        with _open_binary(self.spec) as f:
             for i, line in enumerate(f):
                 if not line.strip():
                     continue
@@ -83,7 +96,7 @@ class Source:
 
     def _json_array(self) -> Iterator[RawRow]:
         # A JSON array cannot be streamed by the standard library; such files are read whole (use JSONL for size).
-        with _open_binary(self.path) as f:
+        with _open_binary(self.spec) as f:
             records = json.load(f)
         for i, rec in enumerate(records):
             if isinstance(rec, dict):
@@ -93,7 +106,7 @@ class Source:
 
     def _parquet(self) -> Iterator[RawRow]:
         n = 0
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=4096):
+        for batch in _parquet_file(self.spec).iter_batches(batch_size=4096):
             try:
                 records = batch.to_pylist()
             except UnicodeDecodeError:
@@ -107,7 +120,7 @@ class Source:
 
     def _csv(self) -> Iterator[RawRow]:
         delimiter = "\t" if self.kind == "tsv" else ","
-        with _open_binary(self.path) as f:
+        with _open_binary(self.spec) as f:
             # surrogateescape keeps undecodable bytes so the row, not the file, is rejected.
             text = io.TextIOWrapper(f, encoding="utf-8", errors="surrogateescape", newline="")
             reader = csv.reader(text, delimiter=delimiter)
@@ -185,16 +198,16 @@ def open_source(spec: str, hf_split: str = "train", hf_config: str | None = None
         return Source(spec, "hf_files")
     if spec.startswith("hf:"):
         return Source(spec, "hf", hf_split, hf_config)
-    path = Path(spec)
-    if not path.exists():
+    if not storage.exists(spec):
         raise SourceError(f"source not found: {spec} (prefix a Hugging Face hub dataset with 'hf:')")
-    if path.is_dir():
-        saved = (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+    path = Path(storage.name(spec))  # for its suffixes
+    if not storage.is_remote(spec) and Path(spec).is_dir():
+        saved = (Path(spec) / "dataset_info.json").exists() or (Path(spec) / "dataset_dict.json").exists()
         return Source(spec, "hf_disk" if saved else "hf", hf_split, hf_config)
     suffixes = [s for s in path.suffixes if s != ".gz"]
     suffix = suffixes[-1] if suffixes else ""
     if suffix == ".json":
-        with _open_binary(path) as f:
+        with _open_binary(spec) as f:
             first = f.read(64).lstrip()
         return Source(spec, "json_array" if first.startswith(b"[") else "jsonl")
     if suffix not in _SUFFIX_KIND or (path.suffix == ".gz" and suffix not in (".jsonl", ".ndjson", ".csv", ".tsv")):

@@ -20,6 +20,9 @@ import re
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from adaptcot.runtime import ActorPoolSize
+
+
 PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 _THINK = re.compile(r"</?think>")
 
@@ -34,7 +37,7 @@ class PRMConfig(BaseModel):
     dtype: str = "auto"
     enforce_eager: bool = False
     batch_size: int = Field(default=32, ge=1)
-    concurrency: int | tuple[int, int] = 1
+    concurrency: ActorPoolSize = 1  # PRM actors, or [min, max] to autoscale
     num_cpus: float = Field(default=1.0, gt=0)
     num_gpus: float = Field(default=0.0, ge=0)
 

@@ -17,19 +17,17 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from adaptcot import html_page
+from adaptcot import html_page, storage
 from adaptcot.html_page import figure, grouped_bars, png
 from adaptcot.schemas import LEVELS_EASIEST_FIRST
 
 LEVEL_ORDER = [lv.value for lv in LEVELS_EASIEST_FIRST]
 
 
-def level_histograms(run: Path):
+def level_histograms(run: str):
     from adaptcot import bank
 
-    rows = bank.summary(run / "bank") if (run / "bank" / "bank").exists() else []
+    rows = bank.summary(storage.join(run, "bank"))
     if not rows:
         return None, "no graded student in bank/"
     plt, fig, ax = figure()
@@ -39,11 +37,14 @@ def level_histograms(run: Path):
     return png(plt, fig), None
 
 
-def eval_level_shares(run: Path) -> tuple[dict[str, float], int] | None:
+def eval_level_shares(run: str) -> tuple[dict[str, float], int] | None:
     """P_eval read off an evaluation of the graded student: the level shares of its evaluated questions that the
     bank holds (the student's own levels, so this is its level histogram on the eval set)."""
-    for path in sorted((run / "eval").glob("*-before/samples.parquet")):
-        table = pq.read_table(path, columns=["question_id", "level"])
+    for model in storage.list_dirs(storage.join(run, "eval")):
+        path = storage.join(run, "eval", model, "samples.parquet")
+        if not model.endswith("-before") or not storage.exists(path):
+            continue
+        table = storage.read_table(path, columns=["question_id", "level"])
         levels = {q: lv for q, lv in zip(table["question_id"].to_pylist(), table["level"].to_pylist()) if lv}
         if levels:
             counts = Counter(levels.values())
@@ -51,12 +52,13 @@ def eval_level_shares(run: Path) -> tuple[dict[str, float], int] | None:
     return None
 
 
-def sampling_distribution(run: Path):
-    dist_path, samples_path = run / "samples" / "distribution.json", run / "samples" / "samples.parquet"
-    if not dist_path.exists() or not samples_path.exists():
+def sampling_distribution(run: str):
+    dist_path, samples_path = storage.join(run, "samples", "distribution.json"), storage.join(run, "samples",
+                                                                                           "samples.parquet")
+    if not storage.exists(dist_path) or not storage.exists(samples_path):
         return None, "no samples/distribution.json and samples.parquet"
-    dist = json.loads(dist_path.read_text())
-    counts = Counter(pq.read_table(samples_path, columns=["level"])["level"].to_pylist())
+    dist = json.loads(storage.read_text(dist_path))
+    counts = Counter(storage.read_table(samples_path, columns=["level"])["level"].to_pylist())
     total = sum(counts.values()) or 1
     groups = {}
     if dist["kind"] == "eval":
@@ -75,12 +77,12 @@ def sampling_distribution(run: Path):
     return png(plt, fig), None
 
 
-def teacher_levels(run: Path) -> list[dict]:
+def teacher_levels(run: str) -> list[dict]:
     """Per level: CoTs, kept, keep rate, mean completion tokens of all and of kept CoTs."""
-    path = run / "teach" / "cots.parquet"
-    if not path.exists():
+    path = storage.join(run, "teach", "cots.parquet")
+    if not storage.exists(path):
         return []
-    table = pq.read_table(path, columns=["level", "drop_reason", "completion_tokens"])
+    table = storage.read_table(path, columns=["level", "drop_reason", "completion_tokens"])
     rows: dict[str, dict] = {}
     for level, reason, n in zip(*(table[c].to_pylist() for c in ("level", "drop_reason", "completion_tokens"))):
         row = rows.setdefault(level or "(none)", {"level": level or "(none)", "cots": 0, "kept": 0, "tokens": [],
@@ -100,7 +102,7 @@ def teacher_levels(run: Path) -> list[dict]:
     return out
 
 
-def teacher_per_level(run: Path):
+def teacher_per_level(run: str):
     rows = teacher_levels(run)
     if not rows:
         return None, "no teach/cots.parquet"
@@ -121,11 +123,10 @@ def teacher_per_level(run: Path):
     return png(plt, fig), None
 
 
-def training_loss(run: Path):
-    path = run / "train" / "metrics.jsonl"
-    if not path.exists():
+def training_loss(run: str):
+    rows = training_rows(run)
+    if rows is None:
         return None, "no train/metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows:
         return None, "train/metrics.jsonl is empty"
     plt, fig, ax = figure()
@@ -140,14 +141,22 @@ def training_loss(run: Path):
     return png(plt, fig), None
 
 
-def eval_metrics(run: Path) -> list[dict]:
+def training_rows(run: str) -> list[dict] | None:
+    """The lines of train/metrics.jsonl, or None without one."""
+    path = storage.join(run, "train", "metrics.jsonl")
+    if not storage.exists(path):
+        return None
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
+
+
+def eval_metrics(run: str) -> list[dict]:
     """Every eval/*/metrics.json of the run: models evaluated before SFT first, then by name."""
-    paths = sorted((run / "eval").glob("*/metrics.json"), key=lambda p: (not p.parent.name.endswith("-before"),
-                                                                          p.parent.name))
-    return [json.loads(p.read_text()) for p in paths]
+    models = sorted(storage.list_dirs(storage.join(run, "eval")), key=lambda m: (not m.endswith("-before"), m))
+    paths = [storage.join(run, "eval", m, "metrics.json") for m in models]
+    return [json.loads(storage.read_text(p)) for p in paths if storage.exists(p)]
 
 
-def eval_results(run: Path) -> list[dict]:
+def eval_results(run: str) -> list[dict]:
     """One row per (model, benchmark)."""
     out = []
     for metrics in eval_metrics(run):
@@ -165,7 +174,7 @@ def eval_results(run: Path) -> list[dict]:
     return out
 
 
-def accuracy_per_level(run: Path):
+def accuracy_per_level(run: str):
     """Before and after SFT: accuracy per difficulty level of every evaluated model, one panel per benchmark."""
     per_bench: dict[str, dict[str, dict[str, float]]] = {}
     for metrics in eval_metrics(run):
@@ -187,7 +196,7 @@ def accuracy_per_level(run: Path):
     return png(plt, fig), None
 
 
-def accuracy_vs_tokens(run: Path):
+def accuracy_vs_tokens(run: str):
     rows = eval_results(run)
     if not rows:
         return None, "no eval/*/metrics.json"
@@ -237,7 +246,7 @@ FIGURES = (("levels", "Difficulty levels", level_histograms),
 
 
 def render(run_dir: str | Path) -> str:
-    run = Path(run_dir)
+    run = str(run_dir)
     tables = {"teacher": lambda: teacher_table(teacher_levels(run)),
               "evaluation": lambda: eval_table(eval_results(run))}
     body = []
@@ -247,5 +256,7 @@ def render(run_dir: str | Path) -> str:
     return html_page.page(f"adaptcot run: {run}", body)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    return html_page.write_atomic(Path(run_dir) / "report.html", render(run_dir))
+def write_report(run_dir: str | Path) -> str:
+    path = storage.join(str(run_dir), "report.html")
+    storage.write_text(path, render(run_dir))
+    return path

@@ -6,10 +6,15 @@
   gives the same sample, and adding questions to the bank never reorders the questions already there.
 - `exclusion_ids` (decontamination against benchmark lists, by normalised text) and `previous_sample_ids`.
 - `sample`: the driver, bank partition + pool -> `samples.parquet` (schema SAMPLES), `distribution.json`,
-  `sample_report.json`, each written to a temporary name and renamed.
+  `sample_report.json`, each published whole.
 
-Pure Arrow and Python, no Ray: a bank partition's id/level/domain columns fit in one process even for millions of
-questions, and the pool is read only for the drawn questions. Not covered: stratifying by domain or source (a
+Bank rows are restricted to the pool's questions, marked with the first exclusion rule that removes them and with
+their seeded order keys (`mark_exclusions`), counted per level and mark, and each block gives up its first `quota`
+questions per level (`first_per_level`); the first k per level are then taken among those few, which is the same as
+`draw` over the whole partition. A partition of up to `IN_PROCESS_MAX_ROWS` rows is drawn in this process; a larger
+one on Ray Data (a distributed semi-join with the pool, blocks marked in parallel, a group-by for the counts), so a
+bank of tens of millions of questions is never held by one process (`benchmarks/bank_scale.py`). Both give the same
+sample. The pool is read again only for the drawn questions. Not covered: stratifying by domain or source (a
 mixed bank is drawn by level only), and fuzzy or n-gram decontamination (only exact matches of the identity key
 of `adaptcot.text`, i.e. equal up to case, whitespace and Unicode compatibility forms).
 """
@@ -19,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,13 +31,12 @@ from typing import Iterable, Iterator, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from adaptcot import bank, schemas
+from adaptcot import bank, schemas, storage
 from adaptcot.distributions import (LEVEL_NAMES, Distribution, DistributionConfig, build_distribution,
                                     eval_pool_ids, save_distribution)
+from adaptcot.pool_import import pool_files
 from adaptcot.pool_sources import open_source
 from adaptcot.schemas import Level
 from adaptcot.text import normalise_text, question_id
@@ -133,8 +136,8 @@ def draw(bank_rows: pa.Table, quotas: dict[str, int], seed: int) -> pa.Table:
 def _benchmark_rows(path: str) -> Iterator[tuple[str | None, str | None]]:
     """(question text, question id) of each row of a benchmark list; any unreadable row is an error, since a
     silently skipped row would be a contamination leak."""
-    if Path(path).suffix == ".txt":
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
+    if path.endswith(".txt"):
+        for line in storage.read_text(path).splitlines():
             if line.strip():
                 yield line, None
         return
@@ -162,32 +165,38 @@ def exclusion_ids(paths: Iterable[str]) -> set[str]:
 def previous_sample_ids(paths: Iterable[str]) -> set[str]:
     """Question ids of earlier sample outputs: samples.parquet files, or directories searched for them."""
     ids: set[str] = set()
-    for path in map(Path, paths):
-        files = sorted(path.rglob("samples.parquet")) if path.is_dir() else [path]
-        if not files or not files[0].exists():
+    for path in paths:
+        files = storage.list_files(path, "samples.parquet", recursive=True) if storage.is_dir(path) else [path]
+        if not files or not storage.exists(files[0]):
             raise FileNotFoundError(f"no earlier sample at {path} (a samples.parquet file or a directory holding one)")
         for f in files:
-            ids.update(pq.read_table(f, columns=["question_id"])["question_id"].to_pylist())
+            ids.update(storage.read_table(f, columns=["question_id"])["question_id"].to_pylist())
     return ids
 
 
-def _drop(rows: pa.Table, mask: pa.ChunkedArray, reason: str, counts: dict[str, int]) -> pa.Table:
-    counts[reason] = pc.sum(mask).as_py() or 0
-    return rows.filter(pc.invert(mask))
+def mark_exclusions(rows: pa.Table, domains: list[str] | None, drop_ids: dict[str, pa.Array],
+                    seed: int) -> pa.Table:
+    """Bank rows (of questions in the pool) with `excluded`: the first rule that removes the row (`domain`, then the
+    `drop_ids` sets in order: eval_set, benchmark, previous_sample), null for rows left to draw from; and `_order`,
+    the row's seeded order key (`order_key`)."""
+    excluded = pa.nulls(rows.num_rows, pa.string())
+    rules = [("domain", pc.invert(pc.is_in(rows["domain"], value_set=pa.array(domains))))] if domains else []
+    rules += [(reason, pc.is_in(rows["question_id"], value_set=ids)) for reason, ids in drop_ids.items()]
+    for reason, mask in rules:
+        excluded = pc.if_else(pc.and_(pc.is_null(excluded), mask), reason, excluded)
+    order = pa.array([order_key(seed, q) for q in rows["question_id"].to_pylist()], pa.string())
+    return rows.append_column("excluded", excluded).append_column("_order", order)
 
 
-def exclude(rows: pa.Table, pool_ids: pa.Array, domains: list[str] | None,
-            drop_ids: dict[str, set[str]]) -> tuple[pa.Table, dict[str, int]]:
-    """Bank rows left to draw from, and how many rows each rule removed. A row counts under the first rule that
-    removes it: `not_in_pool`, `domain`, then the `drop_ids` sets in order (eval_set, benchmark, previous_sample)."""
-    counts: dict[str, int] = {}
-    rows = _drop(rows, pc.invert(pc.is_in(rows["question_id"], value_set=pool_ids)), "not_in_pool", counts)
-    if domains:
-        rows = _drop(rows, pc.invert(pc.is_in(rows["domain"], value_set=pa.array(domains))), "domain", counts)
-    for reason, ids in drop_ids.items():
-        value_set = pa.array(sorted(ids), pa.string())
-        rows = _drop(rows, pc.is_in(rows["question_id"], value_set=value_set), reason, counts)
-    return rows, counts
+def first_per_level(rows: pa.Table, quotas: dict[str, int]) -> pa.Table:
+    """The first quotas[level] rows of each level in `_order` (rows marked excluded left out): what one block
+    contributes to the draw."""
+    rows = rows.filter(pc.is_null(rows["excluded"]))
+    parts = [rows.slice(0, 0)]
+    for level, k in quotas.items():
+        if k:
+            parts.append(rows.filter(pc.equal(rows["level"], level)).sort_by("_order").slice(0, k))
+    return pa.concat_tables(parts)
 
 
 # --- the driver -----------------------------------------------------------------------------------------------
@@ -220,18 +229,10 @@ class SampleReport:
         return out
 
 
-def level_counts(rows: pa.Table) -> dict[str, int]:
-    counts = Counter(rows["level"].to_pylist())
-    unknown = set(counts) - set(LEVEL_NAMES)
-    if unknown:
-        raise schemas.SchemaError(f"bank rows with unknown level(s) {sorted(unknown)}")
-    return {lv: counts.get(lv, 0) for lv in LEVEL_NAMES}
-
-
 def with_questions(drawn: pa.Table, pool_dir: str | Path) -> pa.Table:
     """The drawn bank rows with their question fields from the pool, as a SAMPLES table (row order kept)."""
     ids = drawn["question_id"].combine_chunks()
-    pool = pads.dataset(str(Path(pool_dir) / "pool"), format="parquet", schema=schemas.POOL).to_table(
+    pool = storage.dataset(pool_files(pool_dir), schemas.POOL).to_table(
         columns=["question_id", *QUESTION_FIELDS], filter=pc.field("question_id").isin(ids))
     # A positional take, not Table.join: Arrow's hash join does not carry the nested `tests` struct.
     index = {q: i for i, q in enumerate(pool["question_id"].to_pylist())}
@@ -244,20 +245,13 @@ def with_questions(drawn: pa.Table, pool_dir: str | Path) -> pa.Table:
     return table.select(schemas.SAMPLES.names).cast(schemas.SAMPLES)
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_outputs(out_dir: str | Path, table: pa.Table, dist: Distribution, report: SampleReport) -> None:
     """samples.parquet, distribution.json, then sample_report.json (written last: its presence means done)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "samples.parquet", lambda p: pq.write_table(table, p))
-    save_distribution(dist, out / "distribution.json")
+    out = str(out_dir)
+    storage.write_table(table, storage.join(out, "samples.parquet"))
+    save_distribution(dist, storage.join(out, "distribution.json"))
     blob = {**asdict(report), "drawn": report.drawn}
-    _write_atomic(out / "sample_report.json", lambda p: p.write_text(json.dumps(blob, indent=2)))
+    storage.write_text(storage.join(out, "sample_report.json"), json.dumps(blob, indent=2))
 
 
 def _eval_note(dist: Distribution) -> list[str]:
@@ -268,26 +262,88 @@ def _eval_note(dist: Distribution) -> list[str]:
             f"({p['eval_questions'] - p['graded_eval_questions']} not graded yet)"]
 
 
+IN_PROCESS_MAX_ROWS = 1_000_000  # bank partitions up to this size are drawn in this process; larger ones on Ray
+
+
+class _Marked:
+    """The marked bank rows of the questions in the pool (`mark_exclusions`): a table held here for a small
+    partition, or a Ray dataset materialized in the object store (spilled to disk when large) for a big one.
+    Either way the same two questions are asked of them: the counts per level and mark, and the first k per level."""
+
+    def __init__(self, bank_files: list[str], pool: list[str], config: SampleConfig, drop_ids: dict[str, set[str]],
+                 on_ray: bool):
+        id_sets = {reason: pa.array(sorted(ids), pa.string()) for reason, ids in drop_ids.items()}
+        kwargs = {"domains": config.domains, "drop_ids": id_sets, "seed": config.seed}
+        self.on_ray = on_ray
+        if not on_ray:
+            rows = storage.dataset(bank_files, schemas.BANK).to_table(columns=BANK_COLUMNS)
+            pool_ids = storage.dataset(pool, schemas.POOL).to_table(columns=["question_id"])["question_id"]
+            self.rows = mark_exclusions(rows.filter(pc.is_in(rows["question_id"], value_set=pool_ids)), **kwargs)
+            return
+        from adaptcot.grading import _partitions
+
+        joined = storage.ray_dataset(bank_files, BANK_COLUMNS).join(
+            storage.ray_dataset(pool, ["question_id"]), join_type="left_semi", on=("question_id",),
+            num_partitions=_partitions(bank_files + pool))
+        self.rows = joined.map_batches(mark_exclusions, fn_kwargs=kwargs, batch_format="pyarrow",
+                                       num_cpus=0.25).materialize()
+
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(questions left per level, rows removed per rule)."""
+        if self.on_ray:
+            groups = [(r["level"], r["excluded"], r["count()"])
+                      for r in self.rows.groupby(["level", "excluded"]).count().take_all()]
+        else:
+            t = self.rows.group_by(["level", "excluded"]).aggregate([("question_id", "count")])
+            groups = list(zip(*(t[c].to_pylist() for c in ("level", "excluded", "question_id_count"))))
+        available, excluded = {lv: 0 for lv in LEVEL_NAMES}, Counter()
+        for level, reason, n in groups:
+            if level not in available:
+                raise schemas.SchemaError(f"bank rows with unknown level {level!r}")
+            if reason is None:
+                available[level] += n
+            else:
+                excluded[reason] += n
+        return available, dict(excluded)
+
+    def firsts(self, quotas: dict[str, int]) -> pa.Table:
+        """Every question that can be among the first quotas[level] of its level: each block's own first ones."""
+        if not self.on_ray:
+            return first_per_level(self.rows, quotas)
+        import ray
+
+        parts = [ray.get(r) for r in self.rows.map_batches(first_per_level, fn_kwargs={"quotas": quotas},
+                                                           batch_format="pyarrow", num_cpus=0.25).to_arrow_refs()]
+        return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in BANK_COLUMNS})
+
+
 def sample(bank_root: str | Path, pool_dir: str | Path, student: str, grader_id: str, config: SampleConfig,
-           out_dir: str | Path) -> SampleReport:
-    """Draw `config.n` questions of `pool_dir` from `student`'s bank partition and write them to `out_dir`."""
-    rows = bank.read_partition(bank_root, "bank", student, grader_id, BANK_COLUMNS)
-    if rows.num_rows == 0:
+           out_dir: str | Path, in_process_max_rows: int = IN_PROCESS_MAX_ROWS) -> SampleReport:
+    """Draw `config.n` questions of `pool_dir` from `student`'s bank partition and write them to `out_dir`.
+    A partition of more than `in_process_max_rows` rows is drawn on Ray Data (Ray must be up then; `adaptcot
+    sample` starts it)."""
+    from adaptcot.grading import storage_row_count
+
+    files = bank.part_files(bank_root, "bank", student, grader_id)
+    if not files:
         raise FileNotFoundError(f"no graded questions for {student} (grader {grader_id}) in {bank_root}; "
                                 "run `adaptcot grade` first (`adaptcot bank summary BANK` lists what is there)")
-    if not (Path(pool_dir) / "pool").is_dir():
+    if not pool_files(pool_dir):
         raise FileNotFoundError(f"pool not found: {pool_dir} (create it with `adaptcot pool import`)")
     dist = build_distribution(config.distribution, bank_root, student, grader_id)
     drop_ids = {"eval_set": set(eval_pool_ids(config.distribution.eval_pool).to_pylist())} if dist.kind == "eval" \
         else {}  # training on the eval set would be contamination too
     drop_ids["benchmark"] = exclusion_ids(config.exclude)
     drop_ids["previous_sample"] = previous_sample_ids(config.exclude_previous)
-    pool_ids = pads.dataset(str(Path(pool_dir) / "pool"), format="parquet", schema=schemas.POOL).to_table(
-        columns=["question_id"])["question_id"].combine_chunks()
-    rows, excluded = exclude(rows, pool_ids, config.domains, drop_ids)
-    available = level_counts(rows)
+    bank_rows = sum(storage_row_count(f) for f in files)
+    marked = _Marked(files, pool_files(pool_dir), config, drop_ids, on_ray=bank_rows > in_process_max_rows)
+    available, removed = marked.counts()
+    excluded = {"not_in_pool": bank_rows - sum(available.values()) - sum(removed.values()),
+                **({"domain": removed.get("domain", 0)} if config.domains else {}),
+                **{reason: removed.get(reason, 0) for reason in drop_ids}}
     quotas, notes = allocate(dist.weights, available, config.n)
-    table = with_questions(draw(rows, quotas, config.seed), pool_dir)
+    drawn = draw(marked.firsts(quotas).select(BANK_COLUMNS), quotas, config.seed)
+    table = with_questions(drawn, pool_dir)
     report = SampleReport(student, grader_id, config.seed, config.n, dist.kind, dist.weights, available, quotas,
                           excluded, _eval_note(dist) + notes, str(out_dir))
     write_outputs(out_dir, table, dist, report)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,9 +32,9 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from adaptcot import storage
 from adaptcot.answering import CODE_PROMPT, MATH_PROMPT, code_io_format
 from adaptcot.schemas import SFT_RECORD_KINDS, SFT_RECORDS, SchemaError, require_columns
 from adaptcot.verify_code import extract_code
@@ -245,18 +244,12 @@ def record_id(kind: str, cot: dict) -> str:
 
 
 # --- output -------------------------------------------------------------------------------------------------------
-def write_records(table: pa.Table, out_dir: str | Path, report: SFTReport | None = None) -> Path:
-    """`out_dir/sft_records.parquet` and `out_dir/sft_report.json`, each written to a temporary name and renamed.
+def write_records(table: pa.Table, out_dir: str | Path, report: SFTReport | None = None) -> str:
+    """`out_dir/sft_records.parquet` and `out_dir/sft_report.json` (a path or URI), each published whole.
 
     Without `report` (from `build_sft`) the JSON has the counts per kind and level but no skip counts."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "sft_records.parquet"
-    tmp = out / f".{path.name}.tmp"
-    pq.write_table(table.select(SFT_RECORDS.names).cast(SFT_RECORDS), tmp)
-    os.replace(tmp, path)
+    path = storage.join(str(out_dir), "sft_records.parquet")
+    storage.write_table(table.select(SFT_RECORDS.names).cast(SFT_RECORDS), path)
     summary = (report or SFTReport()).count_records(table).as_dict()
-    tmp_json = out / ".sft_report.json.tmp"
-    tmp_json.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp_json, out / "sft_report.json")
+    storage.write_text(storage.join(str(out_dir), "sft_report.json"), json.dumps(summary, indent=2) + "\n")
     return path

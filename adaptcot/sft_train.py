@@ -53,7 +53,8 @@ import pyarrow.fs  # noqa: F401  (pa.fs: checkpoints, data and exports on local 
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adaptcot.schemas import SchemaError, require_columns
+from adaptcot import storage
+from adaptcot.schemas import require_columns
 
 # Token objective codes carried next to the labels.
 KIND_CODES = {"cot": 0, "cascod_rationale": 1, "cascod_answer": 2}
@@ -500,8 +501,7 @@ def train_loop_per_worker(config: dict) -> None:
             if (Path(d) / FINAL_MARKER).exists():  # a finished run restarted: hand its model back again
                 ray.train.report({"final": 1}, checkpoint=checkpoint if context.get_world_rank() == 0 else None)
                 return
-    fs, path = pa.fs.FileSystem.from_uri(config["order_uri"]) if "://" in config["order_uri"] else (
-        None, config["order_uri"])
+    fs, path = storage.resolve(config["order_uri"])
     dataset = OrderDataset(pq.read_table(path, filesystem=fs))
     tokenizer = AutoTokenizer.from_pretrained(config["model"])
     model = AutoModelForCausalLM.from_pretrained(config["model"], dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
@@ -585,22 +585,18 @@ def data_digest(path: str) -> str:
 
 
 def _open_input(path: str):
-    if "://" in path:
-        fs, p = pa.fs.FileSystem.from_uri(path)
-        return fs.open_input_stream(p)
-    return open(path, "rb")
+    fs, inner = storage.resolve(path)
+    return fs.open_input_stream(inner)
 
 
 # --- Driver: the Ray Train job ----------------------------------------------------------------------------------------
-def _fs(path: str):
-    """(pyarrow filesystem, path inside it) for a local path or a URI."""
-    if "://" in path:
-        return pa.fs.FileSystem.from_uri(path)
-    return pa.fs.LocalFileSystem(), str(Path(path).absolute())
+_fs = storage.resolve  # (pyarrow filesystem, path inside it) for a local path or a URI
 
 
 def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if "://" in base else str(Path(base, *parts).absolute())
+    """`storage.join`, local paths made absolute (workers may run in another working directory)."""
+    joined = storage.join(base, *parts)
+    return joined if storage.is_remote(joined) else os.path.abspath(joined)
 
 
 def train(cfg: TrainConfig, data: str, out: str) -> TrainReport:
@@ -632,7 +628,7 @@ def train(cfg: TrainConfig, data: str, out: str) -> TrainReport:
     order_path = _join(out_path, "data", f"{run_name}.order.parquet")
     out_fs.create_dir(_join(out_path, "data"), recursive=True)
     pq.write_table(order, order_path, filesystem=out_fs)
-    storage = _join(out, "ray")
+    checkpoints = _join(out, "ray")
     # Live lines as training goes (every attempt appends: after a resume, the steps since the checkpoint repeat);
     # metrics.jsonl is rewritten at the end from the final trainer state, each step exactly once.
     metrics_path = None if "://" in out else _join(out_path, "metrics.live.jsonl")
@@ -646,7 +642,7 @@ def train(cfg: TrainConfig, data: str, out: str) -> TrainReport:
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                            **({"GPU": 1} if cfg.use_gpu else {})}),
-        run_config=RunConfig(name=run_name, storage_path=storage,
+        run_config=RunConfig(name=run_name, storage_path=checkpoints,
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                              failure_config=FailureConfig(max_failures=cfg.max_failures)))
     result = trainer.fit()

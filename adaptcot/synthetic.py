@@ -81,11 +81,9 @@ def code_rows(n: int, seed: int) -> Iterator[dict]:
         yield code_problem(rng, i)
 
 
-def write_jsonl(rows: Iterator[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    tmp.replace(path)
-    return path
+def write_jsonl(rows: Iterator[dict], path: str | Path) -> str:
+    """Rows as JSON lines at `path` (a local path or URI), published whole."""
+    from adaptcot import storage
+
+    storage.write_text(str(path), "".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)

@@ -6,7 +6,10 @@
 journal the moment it arrives (`<out>/journal/*.jsonl` for endpoints, one line flushed per response;
 `<out>/parts/*.parquet` for the in-cluster model, one part per finished block). A rerun reads the stored keys first
 and requests only the rest, so a run killed at any point repeats at most the requests that were in flight, never
-one whose answer was stored; `collect` keeps one row per key, so nothing is stored twice. A request that failed
+one whose answer was stored; `collect` keeps one row per key, so nothing is stored twice. `<out>` may be a cloud
+URI: object stores cannot append, so the endpoint journal is written there as chunk objects, one every
+`JOURNAL_CHUNK_ROWS` responses or `JOURNAL_CHUNK_SECONDS` seconds, and a kill loses (and later re-asks) at most
+that last chunk. A request that failed
 after all its retries is journaled with its error and asked again by the next run (failures are not billed).
 
 - `endpoint`: any OpenAI-compatible chat endpoint (DeepSeek, OpenAI, vLLM or SGLang servers) through
@@ -20,17 +23,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from adaptcot import schemas
+from adaptcot import schemas, storage
 from adaptcot.answering import CODE_PROMPT, MATH_PROMPT, SamplingConfig, StudentConfig, build_messages
 from adaptcot.progress import bar
 from adaptcot.teacher_client import ChatClient, ChatResult, EndpointConfig, split_reasoning
@@ -108,22 +110,58 @@ def _cot_row(sample: dict, cfg: TeacherConfig, skey: str, index: int, result: Ch
 
 
 # --- What is stored -----------------------------------------------------------------------------------------------
-def _journal_rows(out: Path) -> Iterator[dict]:
-    for path in sorted((out / "journal").glob("*.jsonl")):
-        with open(path, "rb") as f:
-            for line in f:
-                try:
-                    yield json.loads(line)
-                except ValueError:
-                    continue  # the last line of a killed run may be half-written: it was not stored
-    for path in sorted((out / "parts").glob("part-*.parquet")):
-        yield from pq.read_table(path).to_pylist()
+JOURNAL_CHUNK_ROWS, JOURNAL_CHUNK_SECONDS = 64, 10.0
+
+
+class Journal:
+    """Where endpoint responses go as they arrive: one JSON line each. On a local disk, one file flushed per line
+    (in the OS at once: a killed process loses nothing it was told); on an object store, chunk objects."""
+
+    def __init__(self, out: str):
+        self.base, self.remote = storage.join(out, "journal", uuid.uuid4().hex), storage.is_remote(out)
+        self.lines, self.chunks, self.last_flush = [], 0, time.monotonic()
+        if not self.remote:
+            storage.makedirs(storage.parent(self.base))
+            self.file = open(f"{self.base}.jsonl", "a", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        line = json.dumps(row) + "\n"
+        if not self.remote:
+            self.file.write(line)
+            self.file.flush()
+            return
+        self.lines.append(line)
+        if len(self.lines) >= JOURNAL_CHUNK_ROWS or time.monotonic() - self.last_flush > JOURNAL_CHUNK_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.lines:
+            storage.write_text(f"{self.base}-{self.chunks:06d}.jsonl", "".join(self.lines))
+            self.lines, self.chunks = [], self.chunks + 1
+        self.last_flush = time.monotonic()
+
+    def close(self) -> None:
+        if self.remote:
+            self.flush()
+        else:
+            self.file.close()
+
+
+def _journal_rows(out: str) -> Iterator[dict]:
+    for path in storage.list_files(storage.join(out, "journal"), "*.jsonl"):
+        for line in storage.read_bytes(path).splitlines():
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue  # the last line of a killed run may be half-written: it was not stored
+    for path in storage.list_files(storage.join(out, "parts"), "part-*.parquet"):
+        yield from storage.read_table(path).to_pylist()
 
 
 def stored_rows(out: str | Path) -> dict[str, dict]:
     """One row per key: the first answer stored for it (failures only where nothing better exists)."""
     rows: dict[str, dict] = {}
-    for row in _journal_rows(Path(out)):
+    for row in _journal_rows(str(out)):
         if row["key"] not in rows or (rows[row["key"]].get("error") and not row.get("error")):
             rows[row["key"]] = row
     return rows
@@ -137,7 +175,7 @@ def collect(out: str | Path) -> pa.Table:
     return table.select(schemas.TEACHER_COTS.names).cast(schemas.TEACHER_COTS)
 
 
-def todo_requests(samples: pa.Table, cfg: TeacherConfig, out: Path) -> list[tuple[str, dict, int]]:
+def todo_requests(samples: pa.Table, cfg: TeacherConfig, out: str) -> list[tuple[str, dict, int]]:
     """(key, sample row, sample index) for every CoT not stored yet (stored failures are asked again)."""
     done = {k for k, row in stored_rows(out).items() if not row.get("error")}
     skey = cfg.sampling_key()
@@ -157,8 +195,7 @@ def _student_row(sample: dict) -> dict:
 
 # --- Endpoint teachers ----------------------------------------------------------------------------------------------
 def teach_endpoint(samples: pa.Table, cfg: TeacherConfig, out: str | Path) -> TeachReport:
-    out = Path(out)
-    (out / "journal").mkdir(parents=True, exist_ok=True)
+    out = str(out)
     todo = todo_requests(samples, cfg, out)
     report = TeachReport(questions=samples.num_rows, requests_todo=len(todo))
     client, skey, prompts = ChatClient(cfg.endpoint), cfg.sampling_key(), cfg.prompt_config()
@@ -167,13 +204,12 @@ def teach_endpoint(samples: pa.Table, cfg: TeacherConfig, out: str | Path) -> Te
     requests = ((key, {"messages": build_messages(_student_row(sample), prompts), **params})
                 for key, sample, _ in todo)
     by_key = {key: (sample, index) for key, sample, index in todo}
-    journal = open(out / "journal" / f"{uuid.uuid4().hex}.jsonl", "a", encoding="utf-8")
+    journal = Journal(out)
     progress = bar(len(todo), f"teacher {cfg.name}", "CoT")
 
     def on_result(key: str, result: ChatResult) -> None:
         sample, index = by_key[key]
-        journal.write(json.dumps(_cot_row(sample, cfg, skey, index, result)) + "\n")
-        journal.flush()  # in the OS now: a killed process loses nothing it was told
+        journal.write(_cot_row(sample, cfg, skey, index, result))
         report.received += result.error is None
         report.failed += result.error is not None
         report.cost_usd += cfg.prices.cost(result.prompt_tokens, result.completion_tokens)
@@ -197,8 +233,7 @@ def teach_in_cluster(samples: pa.Table, cfg: TeacherConfig, out: str | Path) -> 
 
     from adaptcot.answering import CARRIED, answer_processor
 
-    out = Path(out)
-    (out / "parts").mkdir(parents=True, exist_ok=True)
+    out = str(out)
     todo = todo_requests(samples, cfg, out)
     report = TeachReport(questions=samples.num_rows, requests_todo=len(todo))
     if todo:
@@ -208,7 +243,7 @@ def teach_in_cluster(samples: pa.Table, cfg: TeacherConfig, out: str | Path) -> 
                                              "system_prompt": cfg.system_prompt})
         answered = answer_processor(engine)(ray.data.from_items(rows))
         levels = {s["question_id"]: s.get("level") for _, s, _ in todo}
-        written = answered.map_batches(_write_part, fn_kwargs={"cfg": cfg, "out": str(out), "levels": levels},
+        written = answered.map_batches(_write_part, fn_kwargs={"cfg": cfg, "out": out, "levels": levels},
                                        batch_format="pyarrow", num_cpus=cfg.vllm.resources.cpus_per_light_stage)
         counts = written.take_all()
         report.received = sum(c["received"] for c in counts)
@@ -228,16 +263,13 @@ def _write_part(batch: pa.Table, cfg: TeacherConfig, out: str, levels: dict) -> 
                             completion_tokens=row.get("num_tokens"))
         sample = {"question_id": row["question_id"], "domain": row["domain"], "level": levels.get(row["question_id"])}
         rows.append(_cot_row(sample, cfg, skey, int(row["sample_index"]), result))
-    path = Path(out) / "parts" / f"part-{uuid.uuid4().hex}.parquet"
-    tmp = path.with_name("." + path.name)
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    os.replace(tmp, path)
+    storage.write_table(pa.Table.from_pylist(rows), storage.join(out, "parts", f"part-{uuid.uuid4().hex}.parquet"))
     failed = sum(1 for r in rows if r["error"])
     return pa.table({"received": [len(rows) - failed], "failed": [failed],
                      "cost_usd": [sum(r["cost_usd"] for r in rows)]})
 
 
 def teach(samples_path: str | Path, cfg: TeacherConfig, out: str | Path) -> TeachReport:
-    samples = pq.read_table(samples_path)
+    samples = storage.read_table(str(samples_path))
     schemas.require_columns(samples, ["question_id", "domain", "question"], "teach")
     return teach_endpoint(samples, cfg, out) if cfg.endpoint else teach_in_cluster(samples, cfg, out)

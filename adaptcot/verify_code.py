@@ -36,6 +36,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from adaptcot.runtime import ActorPoolSize
 from adaptcot.sandbox import Sandbox, SandboxConfig
 from adaptcot.sandbox_runner import EXIT_MEMORY
 from adaptcot.schemas import require_columns
@@ -57,7 +58,7 @@ class CodeVerifyConfig(BaseModel):
     whole_response_fallback: bool = False  # no fenced block: take the whole answer if it compiles
     float_tolerance: float | None = Field(default=None, ge=0)  # stdout/return floats equal within this (abs or rel)
     workers: int = Field(default=2, ge=1)  # sandboxes per verifier (each runs one program at a time)
-    concurrency: int = Field(default=1, ge=1)  # Ray actors
+    concurrency: ActorPoolSize = 1  # Ray actors, or [min, max] to autoscale
     num_cpus: float = Field(default=0.25, gt=0)  # per actor: fractional, so the pool never starves upstream tasks
 
 

@@ -1,42 +1,45 @@
 """The whole adaptcot job on Ray: tiny models (local default), raw pool, pool import, grading, sampling, teacher
-CoTs and their filter, SFT records, SFT training, evaluation before and after, the report; each stage runs when its config section is present.
+CoTs and their filter, SFT records, SFT training, evaluation before and after, the report; each stage runs when its
+config section is present.
 
 Run:  python ray_jobs/pipeline.py --config configs/local.yaml [--set key=value ...]
   or: adaptcot run --config configs/local.yaml
-  or: ray job submit --working-dir . -- python ray_jobs/pipeline.py --config configs/local.yaml
+  or: ray job submit --working-dir . -- python ray_jobs/pipeline.py --config configs/cluster.yaml
+      (on a running cluster; configs/local.yaml there needs --set ray.address=auto; auth: cluster/README.md)
+
+One stage alone: ray_jobs/import_pool.py, grade.py, sample.py, teach.py, build_sft.py, train_sft.py, evaluate.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 from adaptcot import runtime
-from adaptcot import grading, sft_train
-from adaptcot.config import JobConfig, load_config, resolve_eval, resolve_grade
+from adaptcot import grading, sft_train, storage
+from adaptcot.config import JobConfig, resolve_eval, resolve_grade
 from adaptcot.evaluation import evaluate, format_metrics
 from adaptcot.pool_import import ImportReport, PoolImportConfig, import_pool_remote
 from adaptcot.pool_sources import open_source
 from adaptcot.report import write_report
 from adaptcot.synthetic import code_rows, math_rows, write_jsonl
 from ray_jobs import stages
+from ray_jobs.entrypoint import config_from_command_line
 
 
 def pool_imports(cfg: JobConfig) -> list[PoolImportConfig]:
     """Every import the job runs: the configured ones, then the synthetic pool's (if enabled)."""
-    common = {"out": str(cfg.path(cfg.pool.out)), "max_question_chars": cfg.pool.max_question_chars}
+    common = {"out": cfg.path(cfg.pool.out), "max_question_chars": cfg.pool.max_question_chars}
     imports = [PoolImportConfig(**group.model_dump(), **common) for group in cfg.pool.imports]
     syn = cfg.synthetic_pool
     if syn.enabled:
         raw = cfg.path(syn.out)
         if syn.math_questions:
-            imports.append(PoolImportConfig(sources=[str(raw / "math.jsonl")], domain="math", preset="gsm8k",
-                                            **common))
+            imports.append(PoolImportConfig(sources=[storage.join(raw, "math.jsonl")], domain="math",
+                                            preset="gsm8k", **common))
         if syn.code_questions:
-            imports.append(PoolImportConfig(sources=[str(raw / "code.jsonl")], domain="code", preset="apps",
-                                            **common))
+            imports.append(PoolImportConfig(sources=[storage.join(raw, "code.jsonl")], domain="code",
+                                            preset="apps", **common))
     return imports
 
 
@@ -51,9 +54,9 @@ def write_synthetic_pool(cfg: JobConfig) -> None:
     syn = cfg.synthetic_pool
     raw = cfg.path(syn.out)
     if syn.math_questions:
-        write_jsonl(math_rows(syn.math_questions, syn.seed), raw / "math.jsonl")
+        write_jsonl(math_rows(syn.math_questions, syn.seed), storage.join(raw, "math.jsonl"))
     if syn.code_questions:
-        write_jsonl(code_rows(syn.code_questions, syn.seed + 1), raw / "code.jsonl")
+        write_jsonl(code_rows(syn.code_questions, syn.seed + 1), storage.join(raw, "code.jsonl"))
 
 
 def build_models(cfg: JobConfig) -> dict[str, str]:
@@ -76,9 +79,8 @@ def main(cfg: JobConfig) -> dict:
     preflight(cfg)
     started = time.time()
     runtime.init_ray(cfg.ray)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"run_dir": str(run_dir), "stages": {}}
+    run_dir = cfg.run_dir  # a local directory or a URI: every stage writes through adaptcot.storage
+    summary: dict = {"run_dir": run_dir, "stages": {}}
     if cfg.tiny_models.enabled:
         summary["stages"]["tiny_models"] = build_models(cfg)
         print(f"[tiny-models] {summary['stages']['tiny_models']}")
@@ -126,21 +128,13 @@ def main(cfg: JobConfig) -> dict:
         summary["stages"]["train"] = trained.as_dict()
         if cfg.eval is not None and cfg.eval.after:
             summary["stages"]["eval_after"] = run_eval(cfg, "after")
-    summary["report"] = str(write_report(run_dir))
+    summary["report"] = write_report(run_dir)
     print(f"[report] {summary['report']}")
     summary["seconds"] = round(time.time() - started, 1)
-    (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"[done] {summary['seconds']} s; summary in {run_dir / 'run_summary.json'}")
+    storage.write_text(cfg.path("run_summary.json"), json.dumps(summary, indent=2))
+    print(f"[done] {summary['seconds']} s; summary in {cfg.path('run_summary.json')}")
     return summary
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    return parser.parse_args(argv)
-
-
 if __name__ == "__main__":
-    args = parse_args()
-    main(load_config(args.config, args.overrides))
+    main(config_from_command_line(__doc__))

@@ -15,20 +15,17 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
-import pyarrow.parquet as pq
 
-from adaptcot import sampling, sft_data, sft_train, teacher
+from adaptcot import sampling, sft_data, sft_train, storage, teacher
 from adaptcot.config import JobConfig, resolve_grade, resolve_teacher, resolve_train
 from adaptcot.cot_filter import QUESTION_COLUMNS, CoTFilterActor, FilterConfig, FilterReport, endpoint_judge
 
 
-def samples_path(cfg: JobConfig) -> Path:
-    return cfg.path("samples") / "samples.parquet"
+def samples_path(cfg: JobConfig) -> str:
+    return cfg.path("samples", "samples.parquet")
 
 
 def run_sample(cfg: JobConfig) -> sampling.SampleReport:
@@ -63,7 +60,7 @@ def run_teach(cfg: JobConfig) -> dict:
     """Generate the CoTs still missing, then verify all stored ones into `teach/cots.parquet`."""
     out, teacher_cfg = cfg.path("teach"), resolve_teacher(cfg)
     report = teacher.teach(samples_path(cfg), teacher_cfg, out)
-    samples = pq.read_table(samples_path(cfg))
+    samples = storage.read_table(samples_path(cfg))
     stored = teacher.collect(out)
     # CoTs of questions no longer in the sample (it was redrawn), or from other prompts or sampling settings, stay
     # stored for later but are not used now.
@@ -72,16 +69,16 @@ def run_teach(cfg: JobConfig) -> dict:
                         pc.and_(pc.equal(stored["teacher"], teacher_cfg.name),
                                 pc.equal(stored["sampling_key"], teacher_cfg.sampling_key())))
     filtered = filter_cots_on_ray(stored.filter(in_sample), samples, cfg.filter)
-    _write_atomic(out / "cots.parquet", lambda tmp: pq.write_table(filtered, tmp))
+    storage.write_table(filtered, storage.join(out, "cots.parquet"))
     kept = FilterReport.of(filtered)
-    _write_atomic(out / "filter_report.json", lambda tmp: Path(tmp).write_text(json.dumps(
-        {"teach": report.__dict__, "filter": kept.__dict__}, indent=2, default=dict)))
+    storage.write_text(storage.join(out, "filter_report.json"), json.dumps(
+        {"teach": report.__dict__, "filter": kept.__dict__}, indent=2, default=dict))
     return {"teach": report, "filter": kept}
 
 
 def run_build_sft(cfg: JobConfig) -> sft_data.SFTReport:
-    cots = pq.read_table(cfg.path("teach") / "cots.parquet")
-    table, report = sft_data.build_sft(cots, pq.read_table(samples_path(cfg)), cfg.sft)
+    cots = storage.read_table(cfg.path("teach", "cots.parquet"))
+    table, report = sft_data.build_sft(cots, storage.read_table(samples_path(cfg)), cfg.sft)
     sft_data.write_records(table, cfg.path("sft"), report)
     return report
 
@@ -91,9 +88,3 @@ def run_train(cfg: JobConfig) -> sft_train.TrainReport:
     train_cfg, data, out = resolve_train(cfg)
     return sft_train.train(train_cfg, data, out)
 
-
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(str(tmp))
-    os.replace(tmp, path)

@@ -14,8 +14,57 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray cluster for the whole session (start-up costs ~3 s)."""
+def s3_server(tmp_path_factory):
+    """A local S3-compatible server (moto's, on 127.0.0.1) for the session; the AWS_* variables it sets point
+    pyarrow at it, in this process, in subprocesses and in Ray's workers (`ray_session` passes them on). It runs
+    in a process of its own: in this one, its Flask globals break vLLM's in-process engines (vLLM walks every
+    loaded module's attributes, and Flask's proxies raise outside an app context)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("moto") / "server.log", "wb")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                raise RuntimeError(f"moto server did not start on {url}")
+            time.sleep(0.2)
+    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    os.environ.update(env)
+    yield env
+    server.terminate()
+    server.wait(timeout=10)
+    log.close()
+
+
+@pytest.fixture
+def bucket(s3_server, request):
+    """A new, empty bucket: its s3:// URI."""
+    import re
+
+    import boto3
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") + f"-{os.getpid()}"
+    boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server):
+    """One local Ray cluster for the whole session (start-up costs ~3 s); its workers can reach `s3_server`."""
     import ray
 
     from adaptcot.runtime import configure_ray_data
@@ -24,7 +73,8 @@ def ray_session():
     if not ray.is_initialized():
         env = {k: os.environ[k] for k in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_ENABLE_V1_MULTIPROCESSING",
                                           "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")}
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {**env, **s3_server}})
     yield ray
     ray.shutdown()
 

@@ -22,6 +22,12 @@ def test_every_shipped_config_loads(path):
     assert "adaptcot run --config configs/" + path.name in path.read_text().split("\n\n")[0]
 
 
+def test_actor_pools_take_min_and_max_sizes():
+    cfg = load_config(CONFIGS[0].parent / "local.yaml", ["grade.student.resources.concurrency=[1, 4]",
+                                                        "grade.verify.concurrency=[1, 3]", "filter.concurrency=2"])
+    assert cfg.grade.student.resources.concurrency == (1, 4) and cfg.grade.verify.concurrency == (1, 3)
+
+
 def test_overrides_reach_nested_fields():
     cfg = load_config(CONFIGS[0].parent / "local.yaml", ["pool.max_question_chars=500", "ray.num_cpus=1",
                                                         "synthetic_pool.enabled=false"])
@@ -36,6 +42,11 @@ def test_overrides_reach_nested_fields():
     ("train.per_device_batch_size=3", "train"),  # joint CasCoD pairs need an even micro-batch
     ("train.cascod.alpha=2", "train.cascod.alpha"),
     ("train.batching=bucketed", "train.batching"),
+    ("grade.student.resources.concurrency=[3, 1]", "grade.student.resources.concurrency"),  # min above max
+    ("grade.prm.concurrency=0", "grade.prm.concurrency"),
+    ("grade.verify.concurrency=[0, 2]", "grade.verify.concurrency"),
+    ("filter.concurrency=[2, 1]", "filter.concurrency"),
+    ("tiny_models.out=s3://bucket/models", "tiny_models.out"),  # vLLM loads the tiny models from a local disk
 ])
 def test_bad_values_fail_naming_the_field(override, field):
     with pytest.raises(ConfigError) as e:

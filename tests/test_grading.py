@@ -2,6 +2,8 @@
 
 import json
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -79,8 +81,8 @@ def test_a_killed_run_resumes_with_only_the_missing_samples(world, ray_session):
     cfg = prm_config(world)
     if not bank_ids(world, cfg).to_pylist():
         grading.grade(cfg)
-    attempts_dir = bank.partition_dir(world["bank"], "attempts", "tiny-student", cfg.grader_id())
-    bank_dir = bank.partition_dir(world["bank"], "bank", "tiny-student", cfg.grader_id())
+    attempts_dir = Path(bank.partition_dir(world["bank"], "attempts", "tiny-student", cfg.grader_id()))
+    bank_dir = Path(bank.partition_dir(world["bank"], "bank", "tiny-student", cfg.grader_id()))
     # A run killed after some attempts were written but before the bank rows: drop one attempts part and the bank.
     part = sorted(attempts_dir.glob("part-*.parquet"))[0]
     lost = pq.read_table(part).num_rows

@@ -2,6 +2,8 @@
 
 import json
 
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
@@ -89,7 +91,7 @@ def _attempts(rows):
                      "correct": cols["correct"], "verify_detail": [""] * n, "error": pa.nulls(n, pa.string())})
 
 
-def test_finalize_grades_only_complete_questions_and_never_twice(tmp_path):
+def test_finalize_grades_only_complete_questions_and_never_twice(tmp_path, ray_session):
     root = tmp_path / "bank"
     attempts = _attempts([{"question_id": "q1", "sample_index": 0, "correct": True},
                           {"question_id": "q1", "sample_index": 1, "correct": False},
@@ -110,22 +112,44 @@ def test_finalize_grades_only_complete_questions_and_never_twice(tmp_path):
     assert finalize_bank(str(root), "s", "g", 2, PRM) == (0, 0)  # nothing graded twice
 
 
+def test_a_partition_too_big_for_one_process_is_finalized_on_ray_to_the_same_bank(tmp_path, ray_session):
+    rows = [{"question_id": f"q{i}", "sample_index": k, "correct": (i + k) % 3 == 0 if i % 7 else None}
+            for i in range(40) for k in range(2 if i % 5 else 1)]  # every 5th question misses a sample
+    scores = [r for r in rows if r["correct"] is False]
+    for root in (tmp_path / "here", tmp_path / "ray"):
+        bank.write_part(_attempts(rows), bank.partition_dir(root, "attempts", "s", "g"), schemas.ATTEMPTS)
+        bank.write_part(pa.table({"question_id": [r["question_id"] for r in scores], "student": ["s"] * len(scores),
+                                  "sample_index": pa.array([r["sample_index"] for r in scores], pa.int32()),
+                                  "prm": ["p"] * len(scores), "step_scores": [[0.1 * (i % 10)] for i in range(len(scores))],
+                                  "prm_score": pa.array([0.1 * (i % 10) for i in range(len(scores))], pa.float32()),
+                                  "prm_error": pa.nulls(len(scores), pa.string())}),
+                        bank.partition_dir(root, "step_scores", "s", "g"), schemas.STEP_SCORES)
+    here = finalize_bank(str(tmp_path / "here"), "s", "g", 2, PRM)
+    on_ray = finalize_bank(str(tmp_path / "ray"), "s", "g", 2, PRM, in_process_max_rows=0)
+    assert here == on_ray and here[0] > 0 and here[1] > 0  # graded and ungradable ones, alike
+    by_id = [sorted(bank.read_partition(r, "bank", "s", "g").drop_columns(["attempts_ref"]).to_pylist(),
+                    key=lambda x: x["question_id"]) for r in (tmp_path / "here", tmp_path / "ray")]
+    assert by_id[0] == by_id[1] and len(by_id[0]) == here[0]
+    # A rerun grades nothing twice; the ungradable questions (no decided sample) are still reported as such.
+    assert finalize_bank(str(tmp_path / "ray"), "s", "g", 2, PRM, in_process_max_rows=0) == (0, here[1])
+
+
 def test_reading_one_student_reads_only_its_partition(tmp_path):
     root = tmp_path / "bank"
     row = {"question_id": "q", "domain": "math", "student": "org/model-a", "grader_id": "g", "level": "easy",
            "difficulty_rank": 0, "pass_rate": 1.0, "num_samples": 1, "prm_score": None, "attempts_ref": "x"}
     bank.write_part(pa.Table.from_pylist([row], schemas.BANK), bank.partition_dir(root, "bank", "org/model-a", "g"),
                     schemas.BANK)
-    other = bank.partition_dir(root, "bank", "org/model-b", "g")
+    other = Path(bank.partition_dir(root, "bank", "org/model-b", "g"))
     other.mkdir(parents=True)
     (other / "part-broken.parquet").write_bytes(b"not parquet at all")
     assert bank.read_partition(root, "bank", "org/model-a", "g")["student"].to_pylist() == ["org/model-a"]
-    assert bank.partition_dir(root, "bank", "org/model-a", "g").parent.name == "student=org--model-a"
+    assert Path(bank.partition_dir(root, "bank", "org/model-a", "g")).parent.name == "student=org--model-a"
 
 
 def test_uncommitted_step_scores_of_a_killed_run_are_removed(tmp_path):
     root = tmp_path / "bank"
-    scores_dir = bank.partition_dir(root, "step_scores", "s", "g")
+    scores_dir = Path(bank.partition_dir(root, "step_scores", "s", "g"))
     scores_dir.mkdir(parents=True)
     (scores_dir / "part-orphan.parquet").write_bytes(b"x")
     (scores_dir / ".part-half.parquet.tmp").write_bytes(b"x")

@@ -3,6 +3,7 @@
 import base64
 import json
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -68,7 +69,7 @@ def test_report_renders_every_figure_offline(tmp_path):
     run.mkdir()
     make_run(run)
     page = Page()
-    page.feed(write_report(run).read_text())
+    page.feed(Path(write_report(run)).read_text())
     assert set(page.figures) == {key for key, _, _ in FIGURES} and not page.missing and not page.remote
     for key, src in page.figures.items():
         png = base64.b64decode(src.split(",", 1)[1])
@@ -89,5 +90,5 @@ def test_p_eval_is_read_off_the_graded_students_evaluated_questions(tmp_path):
 
 def test_report_says_what_is_missing(tmp_path):
     page = Page()
-    page.feed(write_report(tmp_path).read_text())
+    page.feed(Path(write_report(tmp_path)).read_text())
     assert page.figures == {} and page.missing == {key for key, _, _ in FIGURES}

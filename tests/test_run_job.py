@@ -64,3 +64,32 @@ def test_local_job_builds_models_imports_and_grades_and_reruns_add_nothing(tmp_p
     assert again_summary["stages"]["teach"]["requests"] == 0  # every CoT was stored: nothing is asked twice
     assert pq.read_table(run_dir / "samples" / "samples.parquet").equals(samples)  # same seed, same sample
     assert read_pool(run_dir / "pool").num_rows == 38
+
+
+@pytest.mark.slow
+def test_the_job_runs_with_its_run_dir_in_a_bucket_and_resumes_there(bucket, tmp_path):
+    from adaptcot import bank, storage
+
+    models = tmp_path / "models"  # vLLM loads models from a local disk; everything else goes to the bucket
+    run_dir = f"{bucket}/runs/r1"
+    overrides = [f"tiny_models.out={models}", f"grade.student.model={models}/student",
+                 f"grade.prm.model={models}/prm", f"teacher.vllm.model={models}/teacher"]
+    first = run_job(run_dir, *overrides)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads(storage.read_text(f"{run_dir}/run_summary.json"))
+    assert [s["imported"] for s in summary["stages"]["pool_import"]] == [30, 8]
+    assert read_pool(f"{run_dir}/pool").num_rows == 38
+    assert sum(bank.summary(f"{run_dir}/bank")[0]["levels"].values()) == 38
+    assert storage.read_table(f"{run_dir}/samples/samples.parquet").num_rows == 38
+    assert summary["stages"]["teach"]["stored"] == 76
+    assert storage.exists(f"{run_dir}/teach/cots.parquet") and storage.exists(f"{run_dir}/sft/sft_records.parquet")
+    assert "by_level" in json.loads(storage.read_text(f"{run_dir}/eval/student-before/metrics.json"))[
+        "benchmarks"]["synthetic-math"]
+    assert "data-figure='levels'" in storage.read_text(f"{run_dir}/report.html")
+    assert not Path(run_dir.replace("s3://", "")).exists()  # nothing went to a local directory of that name
+
+    again = run_job(run_dir, *overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    redo = json.loads(storage.read_text(f"{run_dir}/run_summary.json"))["stages"]
+    assert redo["grade"]["generated"] == 0 and redo["teach"]["requests"] == 0  # resumed from the bucket
+    assert read_pool(f"{run_dir}/pool").num_rows == 38

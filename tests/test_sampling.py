@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from adaptcot import bank, schemas
+from adaptcot import bank, sampling, schemas
 from adaptcot.distributions import (LEVEL_NAMES, DistributionConfig, DistributionError, curriculum_distribution,
                                     eval_distribution, load_distribution, save_distribution)
 from adaptcot.sampling import SampleConfig, allocate, draw, exclusion_ids, order_key, sample
@@ -55,10 +55,10 @@ def math_pool_and_bank(tmp_path, per_level: dict[str, int], prefix="q") -> dict[
     return by_level
 
 
-def run_sample(tmp_path, out="out", **cfg):
+def run_sample(tmp_path, out="out", in_process_max_rows=sampling.IN_PROCESS_MAX_ROWS, **cfg):
     cfg.setdefault("distribution", {"kind": "curriculum", "weights": CURRICULUM})
     config = SampleConfig(**cfg)
-    report = sample(tmp_path / "bank", tmp_path / "pool", STUDENT, GID, config, tmp_path / out)
+    report = sample(tmp_path / "bank", tmp_path / "pool", STUDENT, GID, config, tmp_path / out, in_process_max_rows)
     return report, pq.read_table(tmp_path / out / "samples.parquet")
 
 
@@ -232,6 +232,18 @@ def test_same_seed_same_sample_and_another_seed_another(tmp_path):
     other = run_sample(tmp_path, "c", n=30, seed=1)[1]
     assert again.equals(first)
     assert set(other["question_id"].to_pylist()) != set(first["question_id"].to_pylist())
+
+
+def test_a_bank_too_big_for_one_process_is_drawn_on_ray_to_the_same_sample(tmp_path, ray_session):
+    math_pool_and_bank(tmp_path, {"easy": 40, "wrong_near": 30, "wrong_mid": 20, "wrong_hardest": 3})
+    write_bank(tmp_path / "bank", {"not-in-the-pool": "easy"})  # graded from another pool: not drawn
+    (tmp_path / "bench.txt").write_text("q easy question 3\n")
+    options = {"n": 40, "seed": 5, "exclude": [str(tmp_path / "bench.txt")]}
+    here, local = run_sample(tmp_path, "here", **options)
+    on_ray, distributed = run_sample(tmp_path, "ray", in_process_max_rows=0, **options)
+    assert distributed.equals(local) and on_ray.quotas == here.quotas and on_ray.available == here.available
+    assert on_ray.excluded == here.excluded == {"not_in_pool": 1, "benchmark": 1, "previous_sample": 0}
+    assert "q easy question 3" not in distributed["question"].to_pylist() and distributed.num_rows == 40
 
 
 def test_code_questions_keep_their_tests_and_domains_can_be_chosen(tmp_path):

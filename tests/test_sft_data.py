@@ -1,6 +1,7 @@
 """SFT records from hand-built teacher CoTs: which CoTs are used, trace styles, CasCoD splits, ids, Parquet output."""
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -181,7 +182,7 @@ def test_parquet_loads_with_datasets(cots, questions, tmp_path):
     from datasets import load_dataset
 
     table, report = build_sft(cots, questions, SFTConfig(formats=["cot", "cascod"]))
-    path = write_records(table, tmp_path / "sft", report)
+    path = Path(write_records(table, tmp_path / "sft", report))
     assert path == tmp_path / "sft" / "sft_records.parquet"
     assert sorted(p.name for p in path.parent.iterdir()) == ["sft_records.parquet", "sft_report.json"]
     ds = load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
