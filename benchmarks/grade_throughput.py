@@ -110,7 +110,7 @@ def pipeline(a, rows):
     from adaptcot.prm_scoring import PRMConfig, PRMScorer
     from adaptcot.runtime import configure_ray_data
     configure_ray_data()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": ENV})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": ENV})
     t0 = time.perf_counter()
     out = answer_processor(student_cfg(a.student, a.max_tokens, PIPELINE_ENGINE_EXTRA))(
         ray.data.from_items(rows, override_num_blocks=-(-len(rows) // BLOCK_ROWS)))

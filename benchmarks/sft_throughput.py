@@ -147,7 +147,7 @@ def main() -> None:
               f"tiny {a.model}; {a.steps} steps of {a.batch} examples; {THREADS} torch threads; "
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
 
-        ray.init(num_cpus=THREADS, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=THREADS, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": env})
         try:
             report = train(cfg, str(data), str(work / "out"))
