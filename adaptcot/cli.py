@@ -195,6 +195,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from adaptcot.config import load_config
+    from ray_jobs.pipeline import ablate
+
+    ablate(load_config(args.config, args.overrides))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adaptcot", description="Student-adapted CoT distillation on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -300,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True)
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     run.set_defaults(func=cmd_run)
+
+    abl = sub.add_parser("ablate", help="adaptive vs uniform sampling and CasCoD vs CoT, over seeds, with intervals")
+    abl.add_argument("--config", required=True, help="a job config (its `ablation` section: seeds, arms, n)")
+    abl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    abl.set_defaults(func=cmd_ablate)
     return parser
 
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from adaptcot import storage
+from adaptcot.ablation import AblationConfig
 from adaptcot.cot_filter import FilterConfig
 from adaptcot.evaluation import EvalConfig, JobEvalConfig, LevelsConfig
 from adaptcot.grading import GradeConfig
@@ -22,6 +23,7 @@ from adaptcot.sampling import SampleConfig
 from adaptcot.sft_data import SFTConfig
 from adaptcot.sft_train import TrainConfig
 from adaptcot.teacher import TeacherConfig
+from adaptcot.world import WorldModelsConfig
 
 
 class Strict(BaseModel):
@@ -34,19 +36,38 @@ class RayConfig(Strict):
 
 
 class TinyModelsConfig(Strict):
+    """Student, teacher and PRM built on the spot: random weights (plumbing), or trained on the arithmetic world."""
+
     enabled: bool = True
+    kind: Literal["random", "world"] = "random"
     out: str = "models"             # relative paths are under run_dir
     seed: int = 0
+    world: WorldModelsConfig = WorldModelsConfig()  # training budgets, for kind "world"
 
 
 class SyntheticPoolConfig(Strict):
     """A generated raw question pool, for runs with no dataset at hand (the local default)."""
 
     enabled: bool = False
+    # "templated": GSM8K- and APPS-shaped rows (math.jsonl, code.jsonl); "world": the arithmetic ladder of
+    # adaptcot.world: the pool (math.jsonl), a held-out eval split (eval.jsonl, also imported as the pool
+    # `eval_pool_out`, which a `kind: eval` distribution can name) and an out-of-distribution split (ood.jsonl).
+    kind: Literal["templated", "world"] = "templated"
     math_questions: int = Field(default=200, ge=0)
     code_questions: int = Field(default=50, ge=0)
+    eval_questions: int = Field(default=0, ge=0)   # world only
+    ood_questions: int = Field(default=0, ge=0)    # world only
+    eval_pool_out: str = "eval_pool"               # world only, relative to run_dir
     seed: int = 0
     out: str = "raw"
+
+    @model_validator(mode="after")
+    def _world_has_no_code(self):
+        if self.kind == "world" and self.code_questions:
+            raise ValueError("kind 'world' has no code tasks: set code_questions to 0")
+        if self.kind == "templated" and (self.eval_questions or self.ood_questions):
+            raise ValueError("eval_questions and ood_questions need kind 'world'")
+        return self
 
 
 class PoolSourceGroup(Strict):
@@ -82,6 +103,7 @@ class JobConfig(Strict):
     sft: SFTConfig | None = None
     train: TrainConfig | None = None  # fine-tunes the student on the SFT records (Ray Train)
     eval: JobEvalConfig | None = None  # evaluates the graded student before SFT and the trained model after
+    ablation: AblationConfig = AblationConfig()  # `adaptcot ablate`: adaptive vs uniform, CasCoD vs CoT, by seed
 
     @model_validator(mode="after")
     def _stages_have_their_inputs(self):
@@ -125,6 +147,21 @@ def resolve_grade(cfg: JobConfig) -> GradeConfig:
     if grade.prm is not None:
         updates["prm"] = grade.prm.model_copy(update={"model": fill(grade.prm.model)})
     return grade.model_copy(update=updates)
+
+
+def resolve_sample(cfg: JobConfig) -> SampleConfig:
+    """The job's sample section with `{run_dir}` filled in its paths (the eval pool, exclusion lists)."""
+    if cfg.sample is None:
+        raise ConfigError("the config has no `sample` section")
+
+    def fill(value: str) -> str:
+        return value.replace("{run_dir}", cfg.run_dir)
+
+    dist = cfg.sample.distribution
+    if dist.eval_pool is not None:
+        dist = dist.model_copy(update={"eval_pool": fill(dist.eval_pool)})
+    return cfg.sample.model_copy(update={"distribution": dist, "exclude": [fill(p) for p in cfg.sample.exclude],
+                                         "exclude_previous": [fill(p) for p in cfg.sample.exclude_previous]})
 
 
 def resolve_teacher(cfg: JobConfig) -> TeacherConfig:

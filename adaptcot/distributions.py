@@ -8,6 +8,8 @@ where it came from (`provenance`). It is saved beside each sample as a small JSO
 - `eval_distribution(...)`: P_eval, the level histogram of the student on the eval set. The eval pool is graded into
   the same bank partition (same student, same grader id, so the same grading code and settings) with
   `adaptcot grade --pool EVAL_POOL`; a level the student never reached on the eval set has weight 0.
+- `uniform_distribution(...)`: the level shares of the questions a sample can draw from, so the draw is uniform
+  over them whatever their level (stratified by level): the non-adaptive baseline of an ablation.
 - `DistributionConfig`: the `distribution` part of a sample config, checked when it is built.
 
 Not covered: smoothing P_eval (a level seen once on a small eval set gets its raw share), or mixing P_eval and P_C.
@@ -31,7 +33,7 @@ from adaptcot.pool_import import pool_files, read_pool
 from adaptcot.schemas import LEVELS_EASIEST_FIRST
 
 LEVEL_NAMES: tuple[str, ...] = tuple(lv.value for lv in LEVELS_EASIEST_FIRST)
-KINDS = ("eval", "curriculum")
+KINDS = ("eval", "curriculum", "uniform")
 ARTIFACT_FORMAT = "adaptcot.distribution/1"
 
 
@@ -51,7 +53,7 @@ def _named_levels(weights: dict[str, float], what: str) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Distribution:
-    kind: Literal["eval", "curriculum"]
+    kind: Literal["eval", "curriculum", "uniform"]
     weights: dict[str, float]  # every level, easiest first, summing to 1
     provenance: dict = field(default_factory=dict)
 
@@ -113,6 +115,16 @@ def eval_distribution(bank_root: str | Path, student: str, grader_id: str,
     return Distribution("eval", {lv: n / graded.num_rows for lv, n in histogram.items()}, provenance)
 
 
+def uniform_distribution(available: dict[str, int]) -> Distribution:
+    """Each level weighted by its share of the questions a sample can draw from (graded, in the pool, not
+    excluded), so the draw is uniform over them whatever their level: the non-adaptive baseline of an ablation."""
+    total = sum(available.values())
+    if total == 0:
+        raise DistributionError("no graded questions of the pool are left to draw from")
+    return Distribution("uniform", {lv: available.get(lv, 0) / total for lv in LEVEL_NAMES},
+                        {"available": dict(available)})
+
+
 def save_distribution(dist: Distribution, path: str | Path) -> None:
     """Write the artifact, published whole (a path or URI)."""
     blob = {"format": ARTIFACT_FORMAT, "kind": dist.kind, "weights": dist.weights, "provenance": dist.provenance}
@@ -127,10 +139,11 @@ def load_distribution(path: str | Path) -> Distribution:
 
 
 class DistributionConfig(BaseModel):
-    """`kind: curriculum` with `weights` (checked here, before any work), or `kind: eval` with `eval_pool`."""
+    """`kind: curriculum` with `weights` (checked here, before any work), `kind: eval` with `eval_pool`, or
+    `kind: uniform` (the bank's own level shares) with neither."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: Literal["eval", "curriculum"]
+    kind: Literal["eval", "curriculum", "uniform"]
     weights: dict[str, float] | None = None
     eval_pool: str | None = None
 
@@ -149,11 +162,18 @@ class DistributionConfig(BaseModel):
         if self.kind == "eval" and (self.eval_pool is None or self.weights is not None):
             raise ValueError("kind 'eval' needs `eval_pool` (the eval set's pool directory, graded into the same "
                              "bank with `adaptcot grade --pool EVAL_POOL`) and no `weights`")
+        if self.kind == "uniform" and (self.weights is not None or self.eval_pool is not None):
+            raise ValueError("kind 'uniform' takes neither `weights` nor `eval_pool`")
         return self
 
 
-def build_distribution(cfg: DistributionConfig, bank_root: str | Path, student: str,
-                       grader_id: str) -> Distribution:
+def build_distribution(cfg: DistributionConfig, bank_root: str | Path, student: str, grader_id: str,
+                       available: dict[str, int] | None = None) -> Distribution:
+    """`available`: per level, the questions the sample can draw from (what `kind: uniform` weighs by)."""
     if cfg.kind == "curriculum":
         return curriculum_distribution(cfg.weights)
+    if cfg.kind == "uniform":
+        if available is None:
+            raise ValueError("kind 'uniform' weighs levels by the questions available to a sample: pass `available`")
+        return uniform_distribution(available)
     return eval_distribution(bank_root, student, grader_id, eval_pool_ids(cfg.eval_pool), cfg.eval_pool)

@@ -89,7 +89,7 @@ class GradeReport:
                f"{self.code_questions} code questions, {self.samples_todo} samples to generate, {self.generated} "
                f"generated ({self.generation_errors} errors), {self.newly_graded} newly graded, "
                f"{self.ungradable} ungradable"]
-        out.append("  levels: " + ", ".join(f"{k} {v}" for k, v in self.levels.items()))
+        out.append("  bank levels (every question graded for this student): " + ", ".join(f"{k} {v}" for k, v in self.levels.items()))
         return out
 
 

@@ -7,7 +7,9 @@ Figures, each drawn when its data is in the run directory and otherwise listed w
 - teacher CoTs kept and dropped per level, keep rate and teacher tokens per level (`teach/cots.parquet`);
 - training loss per step, with CasCoD's two losses when present (`train/metrics.jsonl`);
 - accuracy per difficulty level for every evaluated model, i.e. before and after SFT (`eval/*/metrics.json`);
-- accuracy against mean tokens per response, per model and benchmark, with a table of the numbers.
+- accuracy against mean tokens per response, per model and benchmark, with a table of the numbers;
+- the ablation (`adaptcot ablate`, `ablation/summary.json`): accuracy per arm and benchmark, mean and 95% interval
+  over seeds, and a table of the paired differences with their verdicts.
 Comparing two runs (two teachers' trace styles, two students) is `adaptcot compare` (`compare.py`).
 """
 
@@ -221,6 +223,49 @@ def scatter_accuracy_tokens(ax, rows: list[dict], label_key: str = "model") -> N
     ax.legend(fontsize=8)
 
 
+def ablation_summary(run: str) -> dict | None:
+    path = storage.join(run, "ablation", "summary.json")
+    return json.loads(storage.read_text(path)) if storage.exists(path) else None
+
+
+def ablation_figure(run: str):
+    """Accuracy of every arm on every benchmark: mean over seeds with its 95% t interval."""
+    summary = ablation_summary(run)
+    if not summary or not summary.get("arms"):
+        return None, "no ablation/summary.json (run `adaptcot ablate --config ...`)"
+    arms = list(summary["arms"])
+    benches = sorted({b for per in summary["arms"].values() for b in per})
+    plt, fig, ax = figure(7, 3.6)
+    width = 0.8 / len(arms)
+    for i, arm in enumerate(arms):
+        cells = [summary["arms"][arm].get(b, {}).get("accuracy", {}) for b in benches]
+        means = [c.get("mean", 0) for c in cells]
+        errors = [[m - c["low"] if c.get("low") is not None else 0 for m, c in zip(means, cells)],
+                  [c["high"] - m if c.get("high") is not None else 0 for m, c in zip(means, cells)]]
+        ax.bar([j + i * width for j in range(len(benches))], means, width, yerr=errors, capsize=3, label=arm)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(benches))], benches, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (mean, 95% CI)")
+    ax.set_title(f"Ablation over seeds {summary.get('seeds')}")
+    ax.legend(fontsize=8)
+    return png(plt, fig), None
+
+
+def ablation_table(run: str) -> str:
+    summary = ablation_summary(run)
+    if not summary:
+        return ""
+    rows = []
+    for c in summary.get("comparisons", []):
+        for bench, d in c["difference"].items():
+            acc, tok = d["accuracy"], d["tokens_mean"]
+            interval = "" if acc["low"] is None else f"[{acc['low']:+.3f}, {acc['high']:+.3f}]"
+            rows.append([c["name"], bench, len(c["seeds"]), f"{acc['mean']:+.3f}", interval, d["verdict"],
+                         f"{tok['mean']:+.1f}"])
+    return html_page.table("ablation", ["comparison", "benchmark", "seeds", "accuracy difference", "95% CI",
+                                        "verdict", "tokens / response difference"], rows)
+
+
 def eval_table(rows: list[dict]) -> str:
     return html_page.table("evaluation", ["model", "benchmark", "questions × n", "accuracy", "± SE", "pass@n",
                                           "maj@n", "tokens / response", "tokens / correct", "truncated"],
@@ -242,13 +287,15 @@ FIGURES = (("levels", "Difficulty levels", level_histograms),
            ("teacher", "Teacher CoTs", teacher_per_level),
            ("training", "Training", training_loss),
            ("levels_eval", "Before and after SFT, per level", accuracy_per_level),
-           ("evaluation", "Accuracy against tokens", accuracy_vs_tokens))
+           ("evaluation", "Accuracy against tokens", accuracy_vs_tokens),
+           ("ablation", "Ablation: adaptive vs uniform sampling, CasCoD vs CoT", ablation_figure))
 
 
 def render(run_dir: str | Path) -> str:
     run = str(run_dir)
     tables = {"teacher": lambda: teacher_table(teacher_levels(run)),
-              "evaluation": lambda: eval_table(eval_results(run))}
+              "evaluation": lambda: eval_table(eval_results(run)),
+              "ablation": lambda: ablation_table(run)}
     body = []
     for key, title, draw in FIGURES:
         image, missing = draw(run)

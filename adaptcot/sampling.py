@@ -330,14 +330,18 @@ def sample(bank_root: str | Path, pool_dir: str | Path, student: str, grader_id:
                                 "run `adaptcot grade` first (`adaptcot bank summary BANK` lists what is there)")
     if not pool_files(pool_dir):
         raise FileNotFoundError(f"pool not found: {pool_dir} (create it with `adaptcot pool import`)")
-    dist = build_distribution(config.distribution, bank_root, student, grader_id)
-    drop_ids = {"eval_set": set(eval_pool_ids(config.distribution.eval_pool).to_pylist())} if dist.kind == "eval" \
+    kind = config.distribution.kind
+    # P_eval and P_C are known before looking at the pool; uniform weights need what is available (below).
+    dist = None if kind == "uniform" else build_distribution(config.distribution, bank_root, student, grader_id)
+    drop_ids = {"eval_set": set(eval_pool_ids(config.distribution.eval_pool).to_pylist())} if kind == "eval" \
         else {}  # training on the eval set would be contamination too
     drop_ids["benchmark"] = exclusion_ids(config.exclude)
     drop_ids["previous_sample"] = previous_sample_ids(config.exclude_previous)
     bank_rows = sum(storage_row_count(f) for f in files)
     marked = _Marked(files, pool_files(pool_dir), config, drop_ids, on_ray=bank_rows > in_process_max_rows)
     available, removed = marked.counts()
+    if dist is None:
+        dist = build_distribution(config.distribution, bank_root, student, grader_id, available)
     excluded = {"not_in_pool": bank_rows - sum(available.values()) - sum(removed.values()),
                 **({"domain": removed.get("domain", 0)} if config.domains else {}),
                 **{reason: removed.get(reason, 0) for reason in drop_ids}}

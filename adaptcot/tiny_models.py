@@ -108,8 +108,10 @@ def _corpus(seed: int, n_lines: int = 3000) -> list[str]:
     return [rng.choice(makers)(rng) for _ in range(n_lines)]
 
 
-def build_tokenizer(out_dir: str | Path, seed: int = 0) -> PreTrainedTokenizerFast:
-    """Train the shared byte-level BPE (deterministic for a seed), save it to `out_dir` and return it."""
+def build_tokenizer(out_dir: str | Path, seed: int = 0, extra_corpus: list[str] = ()) -> PreTrainedTokenizerFast:
+    """Train the shared byte-level BPE (deterministic for a seed), save it to `out_dir` and return it.
+
+    `extra_corpus` lines are trained on too, so a task's own words become single tokens (`world_models`)."""
     tok = Tokenizer(models.BPE())
     # Exactly Qwen2Tokenizer's pipeline, because transformers 5 (so vLLM too) loads any `qwen2` model's tokenizer
     # as Qwen2Tokenizer and rebuilds these parts: NFC, Qwen's split regex (one digit per piece), then byte level.
@@ -122,7 +124,7 @@ def build_tokenizer(out_dir: str | Path, seed: int = 0) -> PreTrainedTokenizerFa
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_corpus(seed), trainer)
+    tok.train_from_iterator(_corpus(seed) + list(extra_corpus), trainer)
     # The think tags are ordinary added tokens, as in Qwen3: never split, but kept by skip_special_tokens decoding.
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (PAD_TOKEN, IM_START, IM_END,
                                                                                     STEP_SEPARATOR)])

@@ -16,8 +16,8 @@ import json
 import time
 
 from adaptcot import runtime
-from adaptcot import grading, sft_train, storage
-from adaptcot.config import JobConfig, resolve_eval, resolve_grade
+from adaptcot import grading, sft_train, storage, world
+from adaptcot.config import JobConfig, resolve_eval, resolve_grade, resolve_sample
 from adaptcot.evaluation import evaluate, format_metrics
 from adaptcot.pool_import import ImportReport, PoolImportConfig, import_pool_remote
 from adaptcot.pool_sources import open_source
@@ -40,6 +40,10 @@ def pool_imports(cfg: JobConfig) -> list[PoolImportConfig]:
         if syn.code_questions:
             imports.append(PoolImportConfig(sources=[storage.join(raw, "code.jsonl")], domain="code",
                                             preset="apps", **common))
+        if syn.kind == "world" and syn.eval_questions:  # its own pool: P_eval's eval set, never sampled from
+            imports.append(PoolImportConfig(sources=[storage.join(raw, "eval.jsonl")], domain="math", preset="gsm8k",
+                                            out=cfg.path(syn.eval_pool_out),
+                                            max_question_chars=cfg.pool.max_question_chars))
     return imports
 
 
@@ -53,6 +57,15 @@ def preflight(cfg: JobConfig) -> None:
 def write_synthetic_pool(cfg: JobConfig) -> None:
     syn = cfg.synthetic_pool
     raw = cfg.path(syn.out)
+    if syn.kind == "world":
+        pool = world.split_rows("pool", syn.math_questions, syn.seed)
+        write_jsonl(iter(pool), storage.join(raw, "math.jsonl"))
+        seen = {row["question"] for row in pool}  # held-out means no question of the pool
+        for split, n in (("eval", syn.eval_questions), ("ood", syn.ood_questions)):
+            if n:
+                write_jsonl(iter(world.split_rows(split, n, syn.seed, exclude=seen)), storage.join(raw,
+                                                                                                 f"{split}.jsonl"))
+        return
     if syn.math_questions:
         write_jsonl(math_rows(syn.math_questions, syn.seed), storage.join(raw, "math.jsonl"))
     if syn.code_questions:
@@ -62,11 +75,18 @@ def write_synthetic_pool(cfg: JobConfig) -> None:
 def build_models(cfg: JobConfig) -> dict[str, str]:
     import ray
 
-    from adaptcot.tiny_models import build_tiny_models
+    tiny = cfg.tiny_models
+    out = cfg.path(tiny.out)
+    if tiny.kind == "world":
+        from adaptcot.world_models import build_world_models
 
-    out = cfg.path(cfg.tiny_models.out)
-    paths = ray.get(ray.remote(num_cpus=1)(build_tiny_models).remote(out, cfg.tiny_models.seed))
-    return {name: str(p) for name, p in paths.items()}
+        # Trained on one node with its torch threads (the cached build returns at once).
+        task = ray.remote(num_cpus=1)(build_world_models).remote(out, tiny.seed, tiny.world)
+    else:
+        from adaptcot.tiny_models import build_tiny_models
+
+        task = ray.remote(num_cpus=1)(build_tiny_models).remote(out, tiny.seed)
+    return {name: str(p) for name, p in ray.get(task).items()}
 
 
 def run_eval(cfg: JobConfig, which: str) -> dict:
@@ -75,12 +95,8 @@ def run_eval(cfg: JobConfig, which: str) -> dict:
     return {bench: m["overall"] for bench, m in metrics["benchmarks"].items()}
 
 
-def main(cfg: JobConfig) -> dict:
-    preflight(cfg)
-    started = time.time()
-    runtime.init_ray(cfg.ray)
-    run_dir = cfg.run_dir  # a local directory or a URI: every stage writes through adaptcot.storage
-    summary: dict = {"run_dir": run_dir, "stages": {}}
+def prepare(cfg: JobConfig, summary: dict) -> None:
+    """Models, raw pool, pool import and grading: what every later stage (and the ablation) starts from."""
     if cfg.tiny_models.enabled:
         summary["stages"]["tiny_models"] = build_models(cfg)
         print(f"[tiny-models] {summary['stages']['tiny_models']}")
@@ -99,6 +115,21 @@ def main(cfg: JobConfig) -> dict:
         report = grading.grade(grade_cfg)
         print("[grade]\n" + "\n".join("  " + line for line in report.lines()))
         summary["stages"]["grade"] = grading.report_dict(report)
+        if cfg.sample is not None and cfg.sample.distribution.kind == "eval":
+            # P_eval is the student's level histogram on the eval set: grade it into the same bank partition.
+            eval_pool = resolve_sample(cfg).distribution.eval_pool
+            report = grading.grade(grade_cfg.model_copy(update={"pool": eval_pool}))
+            print(f"[grade eval set {eval_pool}]\n" + "\n".join("  " + line for line in report.lines()))
+            summary["stages"]["grade_eval_set"] = grading.report_dict(report)
+
+
+def main(cfg: JobConfig) -> dict:
+    preflight(cfg)
+    started = time.time()
+    runtime.init_ray(cfg.ray)
+    run_dir = cfg.run_dir  # a local directory or a URI: every stage writes through adaptcot.storage
+    summary: dict = {"run_dir": run_dir, "stages": {}}
+    prepare(cfg, summary)
     if cfg.eval is not None and cfg.eval.before:
         summary["stages"]["eval_before"] = run_eval(cfg, "before")
     if cfg.sample is not None:
@@ -133,6 +164,20 @@ def main(cfg: JobConfig) -> dict:
     summary["seconds"] = round(time.time() - started, 1)
     storage.write_text(cfg.path("run_summary.json"), json.dumps(summary, indent=2))
     print(f"[done] {summary['seconds']} s; summary in {cfg.path('run_summary.json')}")
+    return summary
+
+
+def ablate(cfg: JobConfig) -> dict:
+    """`adaptcot ablate`: the shared stages (cached when `adaptcot run` did them), then every arm and seed."""
+    from adaptcot.ablation import arm_config, run_ablation
+
+    preflight(cfg)
+    for arm in cfg.ablation.arms:  # a config the arms cannot be built from fails before any work
+        arm_config(cfg, arm, cfg.ablation.seeds[0], cfg.ablation)
+    runtime.init_ray(cfg.ray)
+    prepare(cfg, {"stages": {}})
+    summary = run_ablation(cfg, cfg.ablation)
+    print(f"[report] {write_report(cfg.run_dir)}")
     return summary
 
 

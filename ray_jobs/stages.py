@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from adaptcot import sampling, sft_data, sft_train, storage, teacher
-from adaptcot.config import JobConfig, resolve_grade, resolve_teacher, resolve_train
+from adaptcot.config import JobConfig, resolve_grade, resolve_sample, resolve_teacher, resolve_train
 from adaptcot.cot_filter import QUESTION_COLUMNS, CoTFilterActor, FilterConfig, FilterReport, endpoint_judge
 
 
@@ -30,8 +30,8 @@ def samples_path(cfg: JobConfig) -> str:
 
 def run_sample(cfg: JobConfig) -> sampling.SampleReport:
     grade = resolve_grade(cfg)
-    return sampling.sample(grade.bank, grade.pool, grade.student.display_name, grade.grader_id(), cfg.sample,
-                           cfg.path("samples"))
+    return sampling.sample(grade.bank, grade.pool, grade.student.display_name, grade.grader_id(),
+                           resolve_sample(cfg), cfg.path("samples"))
 
 
 def filter_cots_on_ray(cots: pa.Table, samples: pa.Table, config: FilterConfig) -> pa.Table:
@@ -56,12 +56,16 @@ def filter_cots_on_ray(cots: pa.Table, samples: pa.Table, config: FilterConfig) 
     return table.sort_by([("question_id", "ascending"), ("sample_index", "ascending")])
 
 
-def run_teach(cfg: JobConfig) -> dict:
-    """Generate the CoTs still missing, then verify all stored ones into `teach/cots.parquet`."""
+def run_teach(cfg: JobConfig, journal_dir: str | None = None) -> dict:
+    """Generate the CoTs still missing, then verify all stored ones into `teach/cots.parquet`.
+
+    `journal_dir` (default `teach/`) is where CoTs are stored as they arrive; jobs that share one (the ablation's
+    arms) never pay twice for the same request."""
     out, teacher_cfg = cfg.path("teach"), resolve_teacher(cfg)
-    report = teacher.teach(samples_path(cfg), teacher_cfg, out)
+    journal = journal_dir or out
+    report = teacher.teach(samples_path(cfg), teacher_cfg, journal)
     samples = storage.read_table(samples_path(cfg))
-    stored = teacher.collect(out)
+    stored = teacher.collect(journal)
     # CoTs of questions no longer in the sample (it was redrawn), or from other prompts or sampling settings, stay
     # stored for later but are not used now.
     pc = pa.compute

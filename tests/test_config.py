@@ -23,13 +23,13 @@ def test_every_shipped_config_loads(path):
 
 
 def test_actor_pools_take_min_and_max_sizes():
-    cfg = load_config(CONFIGS[0].parent / "local.yaml", ["grade.student.resources.concurrency=[1, 4]",
+    cfg = load_config(CONFIGS[0].parent / "plumbing.yaml", ["grade.student.resources.concurrency=[1, 4]",
                                                         "grade.verify.concurrency=[1, 3]", "filter.concurrency=2"])
     assert cfg.grade.student.resources.concurrency == (1, 4) and cfg.grade.verify.concurrency == (1, 3)
 
 
 def test_overrides_reach_nested_fields():
-    cfg = load_config(CONFIGS[0].parent / "local.yaml", ["pool.max_question_chars=500", "ray.num_cpus=1",
+    cfg = load_config(CONFIGS[0].parent / "plumbing.yaml", ["pool.max_question_chars=500", "ray.num_cpus=1",
                                                         "synthetic_pool.enabled=false"])
     assert (cfg.pool.max_question_chars, cfg.ray.num_cpus, cfg.synthetic_pool.enabled) == (500, 1, False)
 
@@ -50,7 +50,7 @@ def test_overrides_reach_nested_fields():
 ])
 def test_bad_values_fail_naming_the_field(override, field):
     with pytest.raises(ConfigError) as e:
-        load_config(CONFIGS[0].parent / "local.yaml", [override])
+        load_config(CONFIGS[0].parent / "plumbing.yaml", [override])
     assert field in str(e.value)
 
 
@@ -67,7 +67,7 @@ def test_cli_run_reports_a_bad_config_before_any_work(tmp_path, capsys):
 def test_cli_grade_flags_reach_the_config_and_bad_models_fail_before_ray(tmp_path, capsys):
     pool = tmp_path / "pool"
     pool.mkdir()
-    rc = cli(["grade", "--config", str(CONFIGS[0].parent / "local.yaml"), "--pool", str(pool),
+    rc = cli(["grade", "--config", str(CONFIGS[0].parent / "plumbing.yaml"), "--pool", str(pool),
               "--student", str(tmp_path / "no-such-student"), "--set", f"run_dir={tmp_path / 'run'}"])
     assert rc == 2
     assert "student model not found" in capsys.readouterr().err
@@ -79,7 +79,7 @@ def test_stage_sections_need_the_stage_they_read(tmp_path):
 
     from adaptcot.config import ConfigError, load_config
 
-    local = Path(__file__).parents[1] / "configs" / "local.yaml"
+    local = Path(__file__).parents[1] / "configs" / "plumbing.yaml"
     data = yaml.safe_load(local.read_text())
     del data["grade"]
     path = tmp_path / "job.yaml"

@@ -137,7 +137,7 @@ def test_ray_job_submit_imports_the_synthetic_pool_on_the_cluster_it_runs_on(ray
 
     url, env = ray_head
     overrides = ["synthetic_pool.math_questions=20", "synthetic_pool.code_questions=4", "tiny_models.enabled=false"]
-    job = ["python", "ray_jobs/import_pool.py", "--config", "configs/local.yaml",
+    job = ["python", "ray_jobs/import_pool.py", "--config", "configs/plumbing.yaml",
            *[a for o in [f"run_dir={tmp_path / 'job'}", *overrides, "ray.address=auto"] for a in ("--set", o)]]
     started = time.time()
     out = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(ROOT), "--",
@@ -148,7 +148,7 @@ def test_ray_job_submit_imports_the_synthetic_pool_on_the_cluster_it_runs_on(ray
     assert "succeeded" in out.stdout.lower()
 
     # The same synthetic rows imported directly, here: the job's pool holds exactly their questions.
-    direct = load_config(ROOT / "configs" / "local.yaml", [f"run_dir={tmp_path / 'direct'}", *overrides])
+    direct = load_config(ROOT / "configs" / "plumbing.yaml", [f"run_dir={tmp_path / 'direct'}", *overrides])
     pipeline.write_synthetic_pool(direct)
     for imp in pipeline.pool_imports(direct):
         import_pool(imp)

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from adaptcot import bank
+from adaptcot.ablation import summarize
 from adaptcot.report import FIGURES, eval_level_shares, write_report
 from adaptcot.schemas import BANK, LEVELS_EASIEST_FIRST
 
@@ -58,6 +59,12 @@ def make_run(run):
             "overall": {"questions": 10, "samples_per_question": 4, "accuracy": acc, "accuracy_se": 0.05,
                         "pass_at_k": {"1": acc, "4": acc + 0.2}, "tokens_mean": tokens, "tokens_per_correct": 640.0,
                         "truncation_rate": 0.1}, "by_level": by_level}}}))
+    # The ablation: two arms over three seeds; adaptive is ahead by 0.05 on every seed.
+    results = [{"arm": arm, "seed": s, "benchmarks": {"toy": {"accuracy": 0.3 + 0.02 * s + bonus,
+                                                              "tokens_mean": 80.0}}}
+               for arm, bonus in (("adaptive-cot", 0.05), ("uniform-cot", 0.0)) for s in range(3)]
+    (run / "ablation").mkdir()
+    (run / "ablation" / "summary.json").write_text(json.dumps({"results": results, **summarize(results)}))
     # The evaluated questions of the graded student carry its levels: 3 easy, 1 wrong_mid (one row per sample).
     pq.write_table(pa.table({"question_id": ["e1", "e1", "e2", "e3", "h1", "h1", "x"],
                              "level": ["easy", "easy", "easy", "easy", "wrong_mid", "wrong_mid", None]}),
@@ -76,6 +83,8 @@ def test_report_renders_every_figure_offline(tmp_path):
         assert src.startswith("data:image/png;base64,") and png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, key
     text = (run / "report.html").read_text()
     assert "<td>student-after-sft</td><td>toy</td><td>10 × 4</td><td>0.350</td><td>0.050</td><td>0.550</td>" in text
+    assert ("<td>adaptive vs uniform sampling (CoT SFT)</td><td>toy</td><td>3</td><td>+0.050</td>"
+            "<td>[+0.050, +0.050]</td><td>better (interval above 0)</td>") in text
     # Teacher per level: 2 CoTs per level, one kept (the one with fewer tokens).
     assert "<tr><td>easy</td><td>2</td><td>1</td><td>50%</td><td>400</td><td>100</td></tr>" in text
 

@@ -1,4 +1,4 @@
-"""The README's main job, `adaptcot run --config configs/local.yaml`, end to end on a local Ray cluster."""
+"""The README's main job, `adaptcot run --config configs/plumbing.yaml`, end to end on a local Ray cluster."""
 
 import json
 import subprocess
@@ -14,7 +14,7 @@ ROOT = Path(__file__).parents[1]
 
 
 def run_job(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "adaptcot.cli", "run", "--config", str(ROOT / "configs" / "local.yaml"),
+    cmd = [sys.executable, "-m", "adaptcot.cli", "run", "--config", str(ROOT / "configs" / "plumbing.yaml"),
            "--set", f"run_dir={run_dir}", "--set", "synthetic_pool.math_questions=30",
            "--set", "synthetic_pool.code_questions=8", *[a for o in overrides for a in ("--set", o)]]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)

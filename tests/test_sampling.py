@@ -296,6 +296,18 @@ def test_eval_distribution_drives_the_sample_and_eval_questions_are_never_drawn(
     assert saved.provenance["counts"]["easy"] == 6 and saved.provenance["eval_pool"] == str(tmp_path / "eval")
 
 
+def test_uniform_draws_levels_in_the_shares_of_the_pool_not_of_the_whole_bank(tmp_path):
+    # The bank also holds 40 graded eval questions, all wrong_hardest, that are not in the pool: a uniform draw of
+    # the pool must not lean towards hardest because of them.
+    eval_ids = write_pool(tmp_path / "eval", [("math", f"eval question {i}") for i in range(40)])
+    write_bank(tmp_path / "bank", dict.fromkeys(eval_ids, "wrong_hardest"))
+    math_pool_and_bank(tmp_path, {"easy": 60, "wrong_mid": 30, "wrong_hardest": 10})
+    report, table = run_sample(tmp_path, n=20, distribution={"kind": "uniform"})
+    assert report.quotas == {**dict.fromkeys(LEVEL_NAMES, 0), "easy": 12, "wrong_mid": 6, "wrong_hardest": 2}
+    assert table.num_rows == 20 and not set(table["question_id"].to_pylist()) & set(eval_ids)
+    assert load_distribution(tmp_path / "out" / "distribution.json").kind == "uniform"
+
+
 def test_sampling_an_ungraded_student_says_to_grade_first(tmp_path):
     math_pool_and_bank(tmp_path, {"easy": 3})
     with pytest.raises(FileNotFoundError, match="run `adaptcot grade` first"):

@@ -1,0 +1,111 @@
+"""The local default tells a true story: models trained on the arithmetic world, then a reduced `adaptcot run` and
+`adaptcot ablate` on them (the README's demo at a fraction of its size; docs/demo.md has the full-size numbers)."""
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from adaptcot import teacher, world
+from adaptcot.config import load_config
+
+ROOT = Path(__file__).parents[1]
+LOCAL = ROOT / "configs" / "local.yaml"
+# The demo at a fraction of its size: fewer questions, samples and evaluation questions; the same models.
+REDUCED = ["synthetic_pool.math_questions=400", "synthetic_pool.eval_questions=90", "synthetic_pool.ood_questions=30",
+           "sample.n=120", "train.epochs=2", "eval.sampling.n=1"]
+
+
+@pytest.fixture(scope="module")
+def world_models(tmp_path_factory):
+    """The demo's own models (its config's budgets), trained once here; runs reuse them through tiny_models.out."""
+    from adaptcot.world_models import build_world_models
+
+    cfg = load_config(LOCAL).tiny_models
+    out = tmp_path_factory.mktemp("world") / "models"
+    build_world_models(out, cfg.seed, cfg.world)
+    return out
+
+
+def cli(command: str, run_dir: Path, models: Path, *overrides: str) -> subprocess.CompletedProcess:
+    sets = [f"run_dir={run_dir}", f"tiny_models.out={models}", *REDUCED, *overrides]
+    cmd = [sys.executable, "-m", "adaptcot.cli", command, "--config", str(LOCAL), *[a for o in sets
+                                                                                    for a in ("--set", o)]]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_the_trained_world_models_have_a_difficulty_ladder(world_models):
+    report = json.loads((world_models / "world_models.json").read_text())
+    student, teacher = (report["greedy_accuracy"][kind] for kind in ("student", "teacher"))
+    student, teacher = ({int(k): v for k, v in acc.items() if k.isdigit()} for acc in (student, teacher))
+    # The student solves short problems and fails long ones; the teacher is better where the student fails.
+    assert student[1] > 0.6 and student[6] < 0.5 * student[1]
+    assert statistics.fmean(teacher[s] for s in (4, 5, 6)) > statistics.fmean(student[s] for s in (4, 5, 6)) + 0.2
+    # The PRM's step verdicts on held-out student answers beat always guessing the more common label.
+    prm = report["prm"]
+    assert prm["heldout_step_accuracy"] > prm["heldout_majority_baseline"] + 0.05
+
+
+@pytest.mark.slow
+def test_the_reduced_demo_grades_by_difficulty_keeps_teacher_cots_and_trains(world_models, tmp_path):
+    run_dir = tmp_path / "run"
+    done = cli("run", run_dir, world_models)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    levels = summary["stages"]["grade"]["levels"]
+    assert levels["easy"] > 0 and sum(n for lv, n in levels.items() if lv != "easy") > 0
+    # Levels follow the world's true difficulty: easy questions have fewer steps than wrong ones, and the PRM's
+    # wrong levels are not all one.
+    bank = pq.read_table(next((run_dir / "bank" / "bank").rglob("part-*.parquet")).parent)
+    questions = [r for pool in ("pool", "eval_pool")  # the eval set is graded into the bank too (for P_eval)
+                 for r in pq.read_table(run_dir / pool / "pool").select(["question_id", "question"]).to_pylist()]
+    steps = {r["question_id"]: len(world.problem_from_question(r["question"]).steps) for r in questions}
+    by_level: dict[str, list[int]] = {}
+    for row in bank.select(["question_id", "level"]).to_pylist():
+        by_level.setdefault(row["level"], []).append(steps[row["question_id"]])
+    wrong = [s for lv, ss in by_level.items() if lv != "easy" for s in ss]
+    assert statistics.fmean(by_level["easy"]) + 1 < statistics.fmean(wrong)
+    assert len([lv for lv in by_level if lv != "easy"]) >= 2
+    # Most teacher CoTs verify, and the student is trained on them and evaluated before and after.
+    teach = summary["stages"]["teach"]
+    assert teach["kept"] > 0.5 * teach["stored"]
+    assert summary["stages"]["train"]["global_step"] > 0
+    before, after = summary["stages"]["eval_before"], summary["stages"]["eval_after"]
+    assert set(before) == set(after) == {"world-heldout", "world-ood"}
+    assert before["world-heldout"]["accuracy"] > 0
+    report = (run_dir / "report.html").read_text()
+    assert all(f"data-figure='{key}'" in report for key in ("levels", "sampling", "teacher", "training",
+                                                              "levels_eval", "evaluation"))
+
+
+@pytest.mark.slow
+def test_the_reduced_ablation_reports_intervals_and_pays_for_each_cot_once(world_models, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = ["ablation.seeds=[0, 1]", "ablation.arms=[adaptive-cot, uniform-cot]", "ablation.n=40",
+                 "train.epochs=1"]
+    done = cli("ablate", run_dir, world_models, *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run_dir / "ablation" / "summary.json").read_text())
+    assert sorted((r["arm"], r["seed"]) for r in summary["results"]) == [
+        ("adaptive-cot", 0), ("adaptive-cot", 1), ("uniform-cot", 0), ("uniform-cot", 1)]
+    (comparison,) = summary["comparisons"]
+    for bench in ("world-heldout", "world-ood"):
+        acc = comparison["difference"][bench]["accuracy"]
+        assert acc["low"] <= acc["mean"] <= acc["high"]
+    # One teacher journal for all arms and seeds: no request was sent twice.
+    drawn = set()
+    for arm, seed in (("adaptive-cot", 0), ("adaptive-cot", 1), ("uniform-cot", 0), ("uniform-cot", 1)):
+        drawn |= set(pq.read_table(run_dir / "ablation" / arm / f"seed={seed}" / "samples" / "samples.parquet")
+                     ["question_id"].to_pylist())
+    keys = [(r["question_id"], r["sample_index"]) for r in teacher._journal_rows(str(run_dir / "ablation" / "teach"))]
+    assert len(keys) == len(set(keys)) == len(drawn)
+    report = (run_dir / "report.html").read_text()
+    assert "data-figure='ablation'" in report and "data-table='ablation'" in report
+    again = cli("ablate", run_dir, world_models, *overrides)  # finished arms are read back, not redone
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((run_dir / "ablation" / "summary.json").read_text())["results"] == summary["results"]
