@@ -2,7 +2,7 @@
 
 Arms, each fine-tuning the job's graded student from the same weights on teacher CoTs of `n` sampled questions:
 - `adaptive-cot`: questions drawn by the job's distribution (P_eval or P_C), standard CoT SFT;
-- `uniform-cot`: as many questions drawn uniformly from the bank (each level at its own share), standard CoT SFT;
+- `uniform-cot`: as many questions drawn uniformly from the graded pool (each level at its share there), CoT SFT;
 - `adaptive-cascod`: the adaptive sample, CasCoD SFT, cascaded inference at evaluation.
 Comparisons (`COMPARISONS`): adaptive vs uniform sampling, and CasCoD vs CoT, each as per-seed paired differences
 on every benchmark of the job's `eval` section (the local default has a held-out split and a longer, OOD one).
