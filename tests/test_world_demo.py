@@ -2,6 +2,7 @@
 `adaptcot ablate` on them (the README's demo at a fraction of its size; docs/demo.md has the full-size numbers)."""
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,7 +23,7 @@ REDUCED = ["synthetic_pool.math_questions=400", "synthetic_pool.eval_questions=9
 
 @pytest.fixture(scope="module")
 def world_models(tmp_path_factory):
-    """The demo's own models (its config's budgets), trained once here; runs reuse them through tiny_models.out."""
+    """The demo's own models (its config's budgets), trained once here; each run gets a copy under its run_dir."""
     from adaptcot.world_models import build_world_models
 
     cfg = load_config(LOCAL).tiny_models
@@ -32,7 +33,9 @@ def world_models(tmp_path_factory):
 
 
 def cli(command: str, run_dir: Path, models: Path, *overrides: str) -> subprocess.CompletedProcess:
-    sets = [f"run_dir={run_dir}", f"tiny_models.out={models}", *REDUCED, *overrides]
+    if not (run_dir / "models").exists():  # the config names the models under run_dir; the build there is reused
+        shutil.copytree(models, run_dir / "models")
+    sets = [f"run_dir={run_dir}", *REDUCED, *overrides]
     cmd = [sys.executable, "-m", "adaptcot.cli", command, "--config", str(LOCAL), *[a for o in sets
                                                                                     for a in ("--set", o)]]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
