@@ -33,10 +33,10 @@ import torch
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from adaptcot import prm_modeling, tiny_models, world
-from adaptcot.world import WorldModelsConfig
 from adaptcot.answering import MATH_PROMPT
 from adaptcot.prm_modeling import STEP_SEPARATOR, Qwen2ForProcessRewardModel
 from adaptcot.prm_scoring import prm_conversation, split_steps
+from adaptcot.world import WorldModelsConfig
 
 MARKER = "world_models.json"
 MAX_NEW_TOKENS = 160  # a 6-step solution is about 120 tokens
