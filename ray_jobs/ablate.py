@@ -1,6 +1,6 @@
 """The method's central comparisons in miniature: SFT on adaptive-sampled against uniformly sampled teacher CoTs
 of the same size, and CasCoD against standard CoT, over the seeds of the config's `ablation` section, with 95%
-intervals (adaptcot/ablation.py).
+intervals (adaptcot/job/ablation.py).
 
 Run:  python ray_jobs/ablate.py --config configs/local.yaml [--set ablation.seeds=[0,1] ...]
   or: adaptcot ablate --config configs/local.yaml
@@ -11,10 +11,9 @@ Runs what the whole job shares first (models, pool, grading; read back when ray_
 every arm and seed under <run_dir>/ablation/; writes ablation/summary.json and the report.
 """
 
-from __future__ import annotations
+import sys
 
-from ray_jobs.entrypoint import config_from_command_line
-from ray_jobs.pipeline import ablate
+from adaptcot.job.cli import job_command
 
 if __name__ == "__main__":
-    ablate(config_from_command_line(__doc__))
+    sys.exit(job_command("ablate", __doc__))

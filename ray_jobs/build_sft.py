@@ -10,17 +10,9 @@ Reads <run_dir>/teach/cots.parquet (ray_jobs/teach.py) and the sample; writes <r
 sft_report.json). Runs in this process: it needs no Ray.
 """
 
-from __future__ import annotations
+import sys
 
-from adaptcot.config import JobConfig
-from adaptcot.sft_data import SFTReport
-from ray_jobs import stages
-from ray_jobs.entrypoint import config_from_command_line, reported
-
-
-def main(cfg: JobConfig) -> SFTReport:
-    return reported("[sft]", stages.run_build_sft(cfg))
-
+from adaptcot.job.cli import job_command
 
 if __name__ == "__main__":
-    main(config_from_command_line(__doc__, section="sft"))
+    sys.exit(job_command("build-sft", __doc__))

@@ -3,6 +3,7 @@ ray_jobs/train_sft.py exported (cascaded inference for a CasCoD student); accura
 tokens per answer, per difficulty level of the student's bank.
 
 Run:  python ray_jobs/evaluate.py --config configs/local.yaml [--which before|after|both] [--set key=value ...]
+  or: adaptcot eval --config configs/local.yaml [--which before|after|both]
   or: ray job submit --working-dir . -- python ray_jobs/evaluate.py --config configs/cluster.yaml --which both
       (on a running cluster; configs/local.yaml there needs --set ray.address=auto; auth: cluster/README.md)
   any model by flags, without a job config:
@@ -13,23 +14,9 @@ needs <run_dir>/train/model (or `train.out`/model). `--which` defaults to both; 
 section's own `before`/`after` switches.
 """
 
-from __future__ import annotations
+import sys
 
-from adaptcot import runtime
-from adaptcot.config import JobConfig
-from ray_jobs import pipeline
-from ray_jobs.entrypoint import load, parser
-
-WHICH = {"before": ["before"], "after": ["after"], "both": ["before", "after"]}
-
-
-def main(cfg: JobConfig, which: str = "both") -> dict:
-    runtime.init_ray(cfg.ray)
-    return {w: pipeline.run_eval(cfg, w) for w in WHICH[which]}  # run_eval prints the metrics
-
+from adaptcot.job.cli import job_command
 
 if __name__ == "__main__":
-    cli = parser(__doc__)
-    cli.add_argument("--which", choices=list(WHICH), default="both", help="which model(s) to evaluate")
-    args = cli.parse_args()
-    main(load(args, section="eval"), args.which)
+    sys.exit(job_command("eval", __doc__))

@@ -10,19 +10,9 @@ Reads the pool that ray_jobs/import_pool.py wrote; the models must exist (local 
 not build the tiny ones, ray_jobs/pipeline.py does). Reruns generate only the samples not yet in the bank.
 """
 
-from __future__ import annotations
+import sys
 
-from adaptcot import grading, runtime
-from adaptcot.config import JobConfig, resolve_grade
-from ray_jobs.entrypoint import config_from_command_line, reported
-
-
-def main(cfg: JobConfig) -> grading.GradeReport:
-    grade_cfg = resolve_grade(cfg)
-    grading.preflight(grade_cfg)  # paths, the PRM's step token, the sandbox: before Ray starts
-    runtime.init_ray(cfg.ray)
-    return reported("[grade]", grading.grade(grade_cfg))
-
+from adaptcot.job.cli import job_command
 
 if __name__ == "__main__":
-    main(config_from_command_line(__doc__, section="grade"))
+    sys.exit(job_command("grade", __doc__))

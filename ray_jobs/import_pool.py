@@ -2,6 +2,7 @@
 `synthetic_pool.enabled`, into <run_dir>/pool (or `pool.out`), de-duplicated by question id, as Ray tasks.
 
 Run:  python ray_jobs/import_pool.py --config configs/local.yaml [--set key=value ...]
+  or: adaptcot import --config configs/local.yaml
   or: ray job submit --working-dir . -- python ray_jobs/import_pool.py --config configs/cluster.yaml
       (on a running cluster; configs/local.yaml there needs --set ray.address=auto; auth: cluster/README.md)
   one source group by flags, without a job config:
@@ -11,29 +12,9 @@ Rerunning adds only questions not yet in the pool. Configured sources are opened
 file or dataset fails first. Does not build models or grade (ray_jobs/grade.py).
 """
 
-from __future__ import annotations
+import sys
 
-from adaptcot import runtime
-from adaptcot.config import JobConfig
-from adaptcot.pool_import import ImportReport, import_pool_remote
-from ray_jobs import pipeline
-from ray_jobs.entrypoint import config_from_command_line, print_report
-
-
-def main(cfg: JobConfig) -> list[ImportReport]:
-    imports = pipeline.pool_imports(cfg)
-    if not imports:
-        raise SystemExit("error: nothing to import (no `pool.imports`, and `synthetic_pool` is disabled)")
-    pipeline.preflight(cfg)
-    runtime.init_ray(cfg.ray)
-    if cfg.synthetic_pool.enabled:
-        pipeline.write_synthetic_pool(cfg)
-    reports = []
-    for imp in imports:
-        reports.append(import_pool_remote(imp))
-        print_report(f"[pool import] {imp.domain} {', '.join(imp.sources)}", reports[-1].lines())
-    return reports
-
+from adaptcot.job.cli import job_command
 
 if __name__ == "__main__":
-    main(config_from_command_line(__doc__))
+    sys.exit(job_command("import", __doc__))

@@ -7,22 +7,12 @@ Run:  python ray_jobs/sample.py --config configs/local.yaml [--set sample.n=100 
       (on a running cluster; auth: cluster/README.md)
 
 Reads the bank ray_jobs/grade.py wrote; writes <run_dir>/samples/ (samples.parquet, distribution.json,
-sample_report.json). A small bank is drawn in this process, a large one on Ray Data (adaptcot/sampling.py).
+sample_report.json). A small bank is drawn in this process, a large one on Ray Data (adaptcot/sample/draw.py).
 """
 
-from __future__ import annotations
+import sys
 
-from adaptcot import runtime
-from adaptcot.config import JobConfig
-from adaptcot.sampling import SampleReport
-from ray_jobs import stages
-from ray_jobs.entrypoint import config_from_command_line, reported
-
-
-def main(cfg: JobConfig) -> SampleReport:
-    runtime.init_ray(cfg.ray)  # a large bank is drawn on Ray Data
-    return reported("[sample]", stages.run_sample(cfg))
-
+from adaptcot.job.cli import job_command
 
 if __name__ == "__main__":
-    main(config_from_command_line(__doc__, section="sample"))
+    sys.exit(job_command("sample", __doc__))

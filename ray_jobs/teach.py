@@ -11,20 +11,9 @@ cots.parquet, filter_report.json). A killed run resumes from its journal without
 key is read from the environment variable `teacher.endpoint.api_key_env` names, on the node the job runs on.
 """
 
-from __future__ import annotations
+import sys
 
-from adaptcot import runtime
-from adaptcot.config import JobConfig
-from ray_jobs import stages
-from ray_jobs.entrypoint import config_from_command_line, print_report
-
-
-def main(cfg: JobConfig) -> dict:
-    runtime.init_ray(cfg.ray)  # filter actors (and an in-cluster teacher) run on Ray
-    result = stages.run_teach(cfg)
-    print_report("[teach]", result["teach"].lines() + result["filter"].lines())
-    return result
-
+from adaptcot.job.cli import job_command
 
 if __name__ == "__main__":
-    main(config_from_command_line(__doc__, section="teacher"))
+    sys.exit(job_command("teach", __doc__))

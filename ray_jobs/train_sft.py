@@ -10,21 +10,9 @@ model/, metrics.jsonl, train_report.json, ray/ (checkpoints). Running it again w
 resumes a killed run from its latest checkpoint, or returns at once when the run is finished.
 """
 
-from __future__ import annotations
+import sys
 
-from adaptcot import runtime
-from adaptcot.config import JobConfig
-from adaptcot.sft_train import DataReport, TrainReport
-from ray_jobs import stages
-from ray_jobs.entrypoint import config_from_command_line, print_report
-
-
-def main(cfg: JobConfig) -> TrainReport:
-    runtime.init_ray(cfg.ray)
-    report = stages.run_train(cfg)
-    print_report("[train]", DataReport(**report.data).lines() + report.lines())
-    return report
-
+from adaptcot.job.cli import job_command
 
 if __name__ == "__main__":
-    main(config_from_command_line(__doc__, section="train"))
+    sys.exit(job_command("train", __doc__))

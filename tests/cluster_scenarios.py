@@ -35,7 +35,7 @@ def start_cluster(worker_cpus: list[int]):
     import ray
     from ray.cluster_utils import Cluster
 
-    from adaptcot.runtime import configure_ray_data
+    from adaptcot.common.runtime import configure_ray_data
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=n) for n in worker_cpus]
@@ -100,9 +100,9 @@ def kill_engine_node(cluster, workers, job, after_s: float = 3.0) -> dict:
 
 
 def world(work: Path, math: int, code: int) -> dict:
-    from adaptcot.pool_import import PoolImportConfig, import_pool
-    from adaptcot.synthetic import code_rows, math_rows, write_jsonl
-    from adaptcot.tiny_models import build_tiny_models
+    from adaptcot.demo.synthetic import code_rows, math_rows, write_jsonl
+    from adaptcot.demo.tiny_models import build_tiny_models
+    from adaptcot.pool.importer import PoolImportConfig, import_pool
 
     models = build_tiny_models(work / "models")
     write_jsonl(math_rows(math, seed=11), work / "math.jsonl")
@@ -117,10 +117,16 @@ def world(work: Path, math: int, code: int) -> dict:
 
 def grade_config(work: Path, models: dict, concurrency=1, batch_size=4, max_tokens=48, mode="prm",
                  max_concurrent_batches=8, cpus_per_engine=1.0):
-    from adaptcot.answering import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig
-    from adaptcot.grading import GradeConfig, VerifyConfig
-    from adaptcot.levels import GraderConfig
-    from adaptcot.prm_scoring import PRMConfig
+    from adaptcot.grade.answering import (
+        EngineConfig,
+        ResourcesConfig,
+        SamplingConfig,
+        StudentConfig,
+    )
+    from adaptcot.grade.grading import GradeConfig
+    from adaptcot.grade.levels import GraderConfig
+    from adaptcot.grade.prm import PRMConfig
+    from adaptcot.verify.attempts import VerifyConfig
 
     engine = EngineConfig(max_model_len=512, dtype="float32", enforce_eager=True)
     student = StudentConfig(model=models["student"], name="tiny-student", engine=engine,
@@ -135,8 +141,8 @@ def grade_config(work: Path, models: dict, concurrency=1, batch_size=4, max_toke
 
 
 def grade_result(cfg) -> dict:
-    from adaptcot import bank
-    from adaptcot.pool_import import read_pool
+    from adaptcot.grade import bank
+    from adaptcot.pool.importer import read_pool
 
     gid, student = cfg.grader_id(), cfg.student.display_name
     attempts = bank.read_partition(cfg.bank, "attempts", student, gid, ["question_id", "sample_index"])
@@ -147,7 +153,7 @@ def grade_result(cfg) -> dict:
 
 
 def grade_kill(work: Path) -> dict:
-    from adaptcot import grading
+    from adaptcot.grade import grading
 
     models = world(work, math=24, code=4)
     cluster, workers = start_cluster([2, 2])
@@ -161,9 +167,14 @@ def teach_kill(work: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from adaptcot import teacher
-    from adaptcot.answering import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig
-    from adaptcot.pool_import import read_pool
+    from adaptcot.grade.answering import (
+        EngineConfig,
+        ResourcesConfig,
+        SamplingConfig,
+        StudentConfig,
+    )
+    from adaptcot.pool.importer import read_pool
+    from adaptcot.teach import teacher
 
     models = world(work, math=30, code=0)
     pool = read_pool(work / "pool")
@@ -185,7 +196,7 @@ def teach_kill(work: Path) -> dict:
 
 
 def autoscale(work: Path) -> dict:
-    from adaptcot import grading
+    from adaptcot.grade import grading
 
     models = world(work, math=120, code=0)
     cluster, _ = start_cluster([2])  # room for one engine (1.5 CPUs) and the light stages

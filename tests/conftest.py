@@ -9,6 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+# Logs of runs whose run_dir is a bucket go to a local folder (./logs by default): not into the checkout.
+os.environ.setdefault("ADAPTCOT_LOGS", __import__("tempfile").mkdtemp(prefix="adaptcot-logs-"))
 
 import pytest  # noqa: E402
 
@@ -67,7 +69,7 @@ def ray_session(s3_server):
     """One local Ray cluster for the whole session (start-up costs ~3 s); its workers can reach `s3_server`."""
     import ray
 
-    from adaptcot.runtime import configure_ray_data
+    from adaptcot.common.runtime import configure_ray_data
 
     configure_ray_data()
     if not ray.is_initialized():
@@ -82,7 +84,7 @@ def ray_session(s3_server):
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory):
     """The tiny student, teacher and PRM, built once per session."""
-    from adaptcot.tiny_models import build_tiny_models
+    from adaptcot.demo.tiny_models import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny_models"))
 

@@ -8,8 +8,9 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 
-from adaptcot.ablation import AblationConfig, arm_config, summarize, t_interval
-from adaptcot.config import load_config
+from adaptcot.evaluate.ablation_stats import summarize, t_interval
+from adaptcot.job.ablation import arm_config
+from adaptcot.job.config import AblationConfig, load_config
 
 
 def _row(arm, seed, acc, tokens, bench="heldout"):
@@ -58,9 +59,8 @@ def test_the_ablation_config_refuses_repeated_seeds_and_unknown_arms():
 
 
 def test_each_arm_changes_only_what_it_compares_and_reads_the_jobs_bank_and_eval_set():
-    cfg = load_config(ROOT / "configs" / "local.yaml", ["run_dir=/runs/job"])
-    ablation = AblationConfig(seeds=[3], n=50)
-    adaptive, uniform, cascod = (arm_config(cfg, arm, 3, ablation) for arm in
+    cfg = load_config(ROOT / "configs" / "local.yaml", ["run_dir=/runs/job", "ablation.seeds=[3]", "ablation.n=50"])
+    adaptive, uniform, cascod = (arm_config(cfg, arm, 3) for arm in
                                  ("adaptive-cot", "uniform-cot", "adaptive-cascod"))
     assert adaptive.run_dir == "/runs/job/ablation/adaptive-cot/seed=3"
     # P_eval is read off the job's graded eval set, not a directory of the arm.
@@ -74,3 +74,7 @@ def test_each_arm_changes_only_what_it_compares_and_reads_the_jobs_bank_and_eval
     assert (adaptive.train.objective, adaptive.eval.cascaded) == ("cot", False)
     assert (cascod.train.objective, cascod.eval.cascaded, cascod.sft.formats) == ("cascod", True, ["cascod"])
     assert not adaptive.eval.before and adaptive.eval.after
+    # Each arm's outputs are its own: its SFT records and training under its run_dir, the job's bank and pool shared.
+    assert (adaptive.train.data, adaptive.train.out) == ("/runs/job/ablation/adaptive-cot/seed=3/sft/sft_records.parquet",
+                                                          "/runs/job/ablation/adaptive-cot/seed=3/train")
+    assert (adaptive.grade.bank, adaptive.grade.pool) == ("/runs/job/bank", "/runs/job/pool")

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from adaptcot.config import load_config, resolve_eval, resolve_grade
+from adaptcot.job.config import load_config
+from adaptcot.job.stages import eval_config
 
 ROOT = Path(__file__).parents[1]
 CLUSTER = ROOT / "cluster"
@@ -100,7 +101,7 @@ def at_least(concurrency) -> int:
 
 def job_gangs(cfg) -> dict[str, list[dict]]:
     """Per stage, the requests that must be placed at the same time (the minimum of each actor pool)."""
-    grade = resolve_grade(cfg)
+    grade = cfg.grade
     light = {"CPU": grade.student.resources.cpus_per_light_stage}
     verify = [{"CPU": grade.verify.num_cpus}] * grade.verify.concurrency
     engine, replicas = engine_requests(grade.student)
@@ -117,7 +118,7 @@ def job_gangs(cfg) -> dict[str, list[dict]]:
         worker = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
         gangs["train"] = [worker] * cfg.train.num_workers  # Ray Train starts all workers or none
     if cfg.eval is not None:
-        engine, replicas = engine_requests(resolve_eval(cfg, "before").model)
+        engine, replicas = engine_requests(eval_config(cfg, "before").model)
         gangs["eval"] = [engine] * replicas + verify
     return gangs
 

@@ -5,11 +5,10 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from adaptcot.cli import main as cli
-from adaptcot.compare import compare, cot_set_stats, shared_questions
-
 from test_report import Page
+
+from adaptcot.evaluate.compare import compare, cot_set_stats, shared_questions
+from adaptcot.job.cli import main as cli
 
 
 def cots(rows):

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from adaptcot.config import ConfigError, JobConfig, load_config
-from adaptcot.cli import main as cli
+from adaptcot.job.cli import main as cli
+from adaptcot.job.config import ConfigError, JobConfig, load_config
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -77,7 +77,7 @@ def test_cli_grade_flags_reach_the_config_and_bad_models_fail_before_ray(tmp_pat
 def test_stage_sections_need_the_stage_they_read(tmp_path):
     import yaml
 
-    from adaptcot.config import ConfigError, load_config
+    from adaptcot.job.config import ConfigError, load_config
 
     local = Path(__file__).parents[1] / "configs" / "plumbing.yaml"
     data = yaml.safe_load(local.read_text())
@@ -93,7 +93,7 @@ def test_stage_sections_need_the_stage_they_read(tmp_path):
 def test_train_section_needs_records_and_a_model(tmp_path):
     import yaml
 
-    from adaptcot.config import ConfigError, load_config
+    from adaptcot.job.config import ConfigError, load_config
 
     data = {"run_dir": str(tmp_path / "run"), "train": {"model": "m"}}
     path = tmp_path / "job.yaml"

@@ -10,12 +10,18 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from adaptcot import schemas
-from adaptcot.cot_filter import (CoTFilterActor, FilterConfig, FilterReport, JudgeConfig, filter_cots,
-                                 parse_judgement)
-from adaptcot.sandbox import SandboxConfig
-from adaptcot.verify_code import CodeVerifier, CodeVerifyConfig
-from adaptcot.verify_math import MathVerifier
+from adaptcot.common import schemas
+from adaptcot.teach.cot_filter import (
+    CoTFilterActor,
+    FilterConfig,
+    FilterReport,
+    JudgeConfig,
+    filter_cots,
+    parse_judgement,
+)
+from adaptcot.verify.code_tests import CodeVerifier, CodeVerifyConfig
+from adaptcot.verify.math_answers import MathVerifier
+from adaptcot.verify.sandbox import SandboxConfig
 
 CODE = CodeVerifyConfig(sandbox=SandboxConfig(isolation="namespaces", timeout_s=2.0, memory_mb=256), workers=2)
 CONFIG = FilterConfig(max_completion_tokens=4096, verify_workers=2, verify_timeout_s=3.0, code=CODE)

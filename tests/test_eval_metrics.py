@@ -7,7 +7,7 @@ from math import comb
 import pyarrow as pa
 import pytest
 
-from adaptcot.eval_metrics import pass_at_k, summarize, summarize_by
+from adaptcot.evaluate.metrics import pass_at_k, summarize, summarize_by
 
 
 def brute_force_pass_at_k(outcomes: list[bool], k: int) -> float:

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from adaptcot.evaluation import EvalConfig, answer_key, metrics_of, sample_rows
-from adaptcot.synthetic import code_rows, math_rows, write_jsonl
+from adaptcot.demo.synthetic import code_rows, math_rows, write_jsonl
+from adaptcot.evaluate.evaluation import EvalConfig, answer_key, metrics_of, sample_rows
 
 VERDICTS = {"passed", "wrong_answer", "no_answer", "runtime_error", "timeout", "memory_limit", "compile_error",
             "error", "sandbox_error"}
@@ -31,7 +31,7 @@ def test_sample_rows_count_undecided_attempts_as_not_correct_and_carry_levels():
 
 
 def test_metrics_by_category_give_each_categorys_accuracy_and_are_printed():
-    from adaptcot.evaluation import format_metrics
+    from adaptcot.evaluate.evaluation import format_metrics
 
     # LiveCodeBench-like: two easy questions (3/4 right), one medium (1/2), one hard (0/2), one without a category.
     qids = ["e1", "e1", "e2", "e2", "m1", "m1", "h1", "h1", "x", "x"]
@@ -75,7 +75,7 @@ def test_gpqa_and_livecodebench_are_known_names():
 
 
 def test_local_files_in_the_hub_formats_load_as_benchmarks(tmp_path):
-    from adaptcot.evaluation import BenchmarkSpec, load_benchmark
+    from adaptcot.evaluate.evaluation import BenchmarkSpec, load_benchmark
 
     gpqa = {"Question": "Which particle mediates the electromagnetic force?", "Correct Answer": "photon",
             "Incorrect Answer 1": "gluon", "Incorrect Answer 2": "W boson", "Incorrect Answer 3": "graviton",
@@ -100,8 +100,8 @@ def test_unknown_benchmark_names_fail_at_config_time():
 
 @pytest.mark.slow
 def test_eval_on_a_tiny_model_with_real_vllm(ray_session, tiny_models_dir, tmp_path, capsys):
-    from adaptcot.cli import main as cli
-    from adaptcot.evaluation import evaluate
+    from adaptcot.evaluate.evaluation import evaluate
+    from adaptcot.job.cli import main as cli
 
     write_jsonl(math_rows(6, seed=1), tmp_path / "math.jsonl")
     write_jsonl(code_rows(3, seed=2), tmp_path / "code.jsonl")
@@ -135,7 +135,7 @@ def test_eval_on_a_tiny_model_with_real_vllm(ray_session, tiny_models_dir, tmp_p
 
 
 def test_a_benchmark_that_cannot_be_read_fails_before_any_model_starts(tmp_path, capsys):
-    from adaptcot.cli import main as cli
+    from adaptcot.job.cli import main as cli
 
     rc = cli(["eval", "--model", str(tmp_path / "no-model"), "--benchmarks", str(tmp_path / "missing.jsonl"),
               "--out", str(tmp_path / "eval")])

@@ -1,22 +1,27 @@
 """Grading end to end on Ray with real vLLM and the tiny models: bank contents, reruns, kills, two students."""
 
 import json
-
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from adaptcot import bank, grading
-from adaptcot.answering import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig
-from adaptcot.grading import GradeConfig, VerifyConfig
-from adaptcot.levels import GraderConfig
-from adaptcot.pool_import import PoolImportConfig, import_pool, read_pool
-from adaptcot.prm_scoring import PRMConfig
-from adaptcot.synthetic import math_rows, write_jsonl
-from adaptcot.tiny_models import build_tiny_models
-from adaptcot.verify_code import VERDICTS
+from adaptcot.demo.synthetic import math_rows, write_jsonl
+from adaptcot.demo.tiny_models import build_tiny_models
+from adaptcot.grade import bank, grading
+from adaptcot.grade.answering import (
+    EngineConfig,
+    ResourcesConfig,
+    SamplingConfig,
+    StudentConfig,
+)
+from adaptcot.grade.grading import GradeConfig
+from adaptcot.grade.levels import GraderConfig
+from adaptcot.grade.prm import PRMConfig
+from adaptcot.pool.importer import PoolImportConfig, import_pool, read_pool
+from adaptcot.verify.attempts import VerifyConfig
+from adaptcot.verify.code_tests import VERDICTS
 
 pytestmark = pytest.mark.slow
 SMALL = ResourcesConfig(cpus_per_engine=0.5, cpus_per_light_stage=0.1, batch_size=8)

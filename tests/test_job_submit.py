@@ -24,7 +24,7 @@ ENTRYPOINTS = sorted(p for p in (ROOT / "ray_jobs").glob("*.py") if 'if __name__
 
 
 def test_every_entrypoint_runs_from_the_repo_root_and_its_help_gives_its_own_commands(capsys):
-    from adaptcot.cli import build_parser
+    from adaptcot.job.cli import build_parser
 
     names = {p.stem for p in ENTRYPOINTS}
     assert {"pipeline", "import_pool", "grade", "sample", "teach", "build_sft", "train_sft", "evaluate"} <= names
@@ -131,9 +131,9 @@ def stop_head(head: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_ray_job_submit_imports_the_synthetic_pool_on_the_cluster_it_runs_on(ray_head, tmp_path):
-    from adaptcot.config import load_config
-    from adaptcot.pool_import import import_pool, read_pool
-    from ray_jobs import pipeline
+    from adaptcot.job import stages
+    from adaptcot.job.config import load_config
+    from adaptcot.pool.importer import import_pool, read_pool
 
     url, env = ray_head
     overrides = ["synthetic_pool.math_questions=20", "synthetic_pool.code_questions=4", "tiny_models.enabled=false"]
@@ -144,15 +144,15 @@ def test_ray_job_submit_imports_the_synthetic_pool_on_the_cluster_it_runs_on(ray
                           *job], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     print(f"ray job submit: {time.time() - started:.1f} s")  # shown with -s / on failure
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    assert "[pool import] math" in out.stdout and "[pool import] code" in out.stdout
+    assert "[import] done" in out.stdout and "math math.jsonl" in out.stdout and "code code.jsonl" in out.stdout
     assert "succeeded" in out.stdout.lower()
 
     # The same synthetic rows imported directly, here: the job's pool holds exactly their questions.
     direct = load_config(ROOT / "configs" / "plumbing.yaml", [f"run_dir={tmp_path / 'direct'}", *overrides])
-    pipeline.write_synthetic_pool(direct)
-    for imp in pipeline.pool_imports(direct):
+    stages.write_synthetic_pool(direct)
+    for imp in stages.pool_imports(direct):
         import_pool(imp)
-    expected = read_pool(direct.path(direct.pool.out))["question_id"].to_pylist()
+    expected = read_pool(direct.pool.out)["question_id"].to_pylist()
     got = read_pool(tmp_path / "job" / "pool")["question_id"].to_pylist()
     assert len(got) == len(set(got)) == len(expected) == 24
     assert sorted(got) == sorted(expected)

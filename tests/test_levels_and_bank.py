@@ -1,19 +1,20 @@
 """Levels, PRM step rules and the bank's storage rules, without Ray or models (the pure parts of grading)."""
 
 import json
-
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from adaptcot import bank, schemas
-from adaptcot.cli import main as cli
-from adaptcot.grading import finalize_bank, select_todo
-from adaptcot.levels import GraderConfig, level_for
-from adaptcot.prm_scoring import aggregate, prm_conversation, split_steps
-from adaptcot.schemas import Level
+from adaptcot.common import schemas
+from adaptcot.common.schemas import Level
+from adaptcot.grade import bank
+from adaptcot.grade.finalize import finalize_bank
+from adaptcot.grade.grading import select_todo
+from adaptcot.grade.levels import GraderConfig, level_for
+from adaptcot.grade.prm import aggregate, prm_conversation, split_steps
+from adaptcot.job.cli import main as cli
 
 PRM = GraderConfig()  # thresholds 0.8, 0.6, 0.4, 0.2; easy from pass rate 0.5
 

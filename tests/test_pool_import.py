@@ -11,12 +11,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from adaptcot import schemas
-from adaptcot.cli import main as cli
-from adaptcot.pool_import import PoolImportConfig, import_pool, read_pool, read_rejects
-from adaptcot.pool_presets import MappingError
-from adaptcot.pool_sources import SourceError
-from adaptcot.text import question_id
+from adaptcot.common import schemas
+from adaptcot.common.text import question_id
+from adaptcot.job.cli import main as cli
+from adaptcot.pool.importer import (
+    PoolImportConfig,
+    import_pool,
+    read_pool,
+    read_rejects,
+)
+from adaptcot.pool.presets import MappingError
+from adaptcot.pool.sources import SourceError
 
 # --- rows shaped like the real sources (fields as published) ------------------------------------------------------
 MATH_ROW = {"problem": "If $x+2=5$, what is $x$?", "solution": "Subtract 2: $x=\\boxed{3}$.", "answer": "3",
@@ -270,7 +275,7 @@ GPQA_ROWS = [  # the columns of Idavidrein/gpqa (gpqa_diamond), a few of its man
 
 
 def test_gpqa_rows_become_lettered_questions_with_the_correct_letter_as_reference(tmp_path, capsys):
-    from adaptcot.verify_math import verify_math
+    from adaptcot.verify.math_answers import verify_math
 
     report, pool, rejects = run_import(tmp_path, GPQA_ROWS, "math", "gpqa")
     assert report.imported == 2
@@ -356,8 +361,8 @@ LCB_ANSWERS = {
 
 
 def test_livecodebench_rows_import_with_private_tests_and_grade_right_and_wrong_programs(tmp_path):
-    from adaptcot.sandbox import SandboxConfig
-    from adaptcot.verify_code import CodeVerifier, CodeVerifyConfig
+    from adaptcot.verify.code_tests import CodeVerifier, CodeVerifyConfig
+    from adaptcot.verify.sandbox import SandboxConfig
 
     marker = tmp_path / "pwned"
     hostile = {**LCB_STDIN, "question_content": "Hostile row.", "private_test_cases": base64_zlib(
@@ -390,9 +395,9 @@ def test_livecodebench_function_name_falls_back_to_the_starter_code(tmp_path):
 
 
 def test_hub_data_files_are_read_through_datasets_like_a_local_glob(tmp_path):
-    from adaptcot.pool_import import normalise_rows
-    from adaptcot.pool_presets import PRESETS
-    from adaptcot.pool_sources import Source, open_source
+    from adaptcot.pool.importer import normalise_rows
+    from adaptcot.pool.presets import PRESETS
+    from adaptcot.pool.sources import Source, open_source
 
     assert open_source("hf://datasets/livecodebench/code_generation_lite/test*.jsonl").kind == "hf_files"
     with pytest.raises(SourceError, match="must end in"):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from adaptcot import bank
-from adaptcot.ablation import summarize
-from adaptcot.report import FIGURES, eval_level_shares, write_report
-from adaptcot.schemas import BANK, LEVELS_EASIEST_FIRST
+from adaptcot.common.schemas import BANK, LEVELS_EASIEST_FIRST
+from adaptcot.evaluate.report import FIGURES, eval_level_shares, write_report
+from adaptcot.grade import bank
+from adaptcot.job.ablation import summarize
 
 
 class Page(HTMLParser):

@@ -8,12 +8,22 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from adaptcot import bank, sampling, schemas
-from adaptcot.distributions import (LEVEL_NAMES, DistributionConfig, DistributionError, curriculum_distribution,
-                                    eval_distribution, load_distribution, save_distribution)
-from adaptcot.sampling import SampleConfig, allocate, draw, exclusion_ids, order_key, sample
-from adaptcot.schemas import Level
-from adaptcot.text import normalise_text, question_id
+from adaptcot.common import schemas
+from adaptcot.common.schemas import Level
+from adaptcot.common.text import normalise_text, question_id
+from adaptcot.grade import bank
+from adaptcot.sample import draw as sampling
+from adaptcot.sample.distributions import (
+    LEVEL_NAMES,
+    DistributionConfig,
+    DistributionError,
+    curriculum_distribution,
+    eval_distribution,
+    load_distribution,
+    save_distribution,
+)
+from adaptcot.sample.draw import SampleConfig, allocate, draw, sample
+from adaptcot.sample.exclusions import exclusion_ids, order_key
 
 STUDENT, GID = "Qwen/Qwen2.5-7B-Instruct", "g0"
 CURRICULUM = dict(zip(LEVEL_NAMES, [6, 5, 4, 3, 2, 1]))
@@ -55,7 +65,7 @@ def math_pool_and_bank(tmp_path, per_level: dict[str, int], prefix="q") -> dict[
     return by_level
 
 
-def run_sample(tmp_path, out="out", in_process_max_rows=sampling.IN_PROCESS_MAX_ROWS, **cfg):
+def run_sample(tmp_path, out="out", in_process_max_rows=bank.IN_PROCESS_MAX_ROWS, **cfg):
     cfg.setdefault("distribution", {"kind": "curriculum", "weights": CURRICULUM})
     config = SampleConfig(**cfg)
     report = sample(tmp_path / "bank", tmp_path / "pool", STUDENT, GID, config, tmp_path / out, in_process_max_rows)

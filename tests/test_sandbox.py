@@ -12,8 +12,8 @@ import threading
 import psutil
 import pytest
 
-from adaptcot.sandbox import Sandbox, SandboxConfig, SandboxUnavailable
-from adaptcot.verify_code import CodeVerifier, CodeVerifyConfig
+from adaptcot.verify.code_tests import CodeVerifier, CodeVerifyConfig
+from adaptcot.verify.sandbox import Sandbox, SandboxConfig, SandboxUnavailable
 
 SUM_TESTS = {"kind": "stdin_stdout", "cases": [{"input": "1 2\n", "output": "3\n"}, {"input": "5 7\n", "output": "12"}]}
 SUM_PROGRAM = "a, b = map(int, input().split())\nprint(a + b)\n"

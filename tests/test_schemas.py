@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from adaptcot import schemas
+from adaptcot.common import schemas
 
 DOC = (Path(__file__).parents[1] / "docs" / "data_model.md").read_text()
 

@@ -15,9 +15,17 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from adaptcot.schemas import SFT_RECORDS, SchemaError
-from adaptcot.sft_train import (DatasetError, SFTCollator, TrainConfig, cascod_pairs, padding_fraction,
-                                per_kind_losses, prepare, tokenize_records, training_order)
+from adaptcot.common.schemas import SFT_RECORDS, SchemaError
+from adaptcot.sft.order import (
+    DatasetError,
+    cascod_pairs,
+    padding_fraction,
+    prepare,
+    tokenize_records,
+    training_order,
+)
+from adaptcot.sft.train_config import TrainConfig
+from adaptcot.sft.trainer import SFTCollator, per_kind_losses
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,6 +199,35 @@ def test_config_errors_name_the_field():
         TrainConfig(model="m", report_to=["comet"])
 
 
+def test_the_optimizer_gets_the_configured_weight_decay_and_the_scheduler_its_warmup(tiny_models_dir, tmp_path):
+    """What the workers' Trainer builds from the config, read back from its optimizer and scheduler."""
+    from transformers import AutoModelForCausalLM, Trainer
+
+    from adaptcot.sft.trainer import training_arguments
+
+    import torch.distributed as dist
+
+    config = TrainConfig(model="m", weight_decay=0.1, warmup_ratio=0.25, learning_rate=1e-3, lr_scheduler="linear",
+                         per_device_batch_size=2)
+    # A one-process gloo group, as Ray Train sets up in each worker before the Trainer is built.
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        args = training_arguments(config, n_examples=40, output_dir=str(tmp_path))  # 20 steps, 5 of warmup
+        trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(tiny_models_dir["student"]), args=args)
+        trainer.create_optimizer_and_scheduler(num_training_steps=args.max_steps)
+    finally:
+        dist.destroy_process_group()
+    decays = {group["weight_decay"] for group in trainer.optimizer.param_groups}
+    assert decays == {0.1, 0.0}  # weights decay; biases and norms (transformers' rule) do not
+    lrs = []
+    for _ in range(args.max_steps):
+        lrs.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert lrs[0] == 0.0 and all(a < b for a, b in zip(lrs[:5], lrs[1:6]))  # linear warmup over 5 steps
+    assert lrs[5] == pytest.approx(1e-3) and lrs[-1] < lrs[5]  # the peak, then the decay
+
+
 # --- real Ray Train runs ---------------------------------------------------------------------------------------------
 def job_config(tmp_path: Path, student_dir: str, data: Path, **train) -> Path:
     config = {"run_dir": str(tmp_path / "run"), "tiny_models": {"enabled": False},
@@ -213,12 +250,12 @@ def metrics(out: Path, name: str = "metrics.jsonl") -> list[dict]:
 
 @pytest.mark.slow
 def test_training_lowers_the_loss_and_the_export_generates_in_vllm(ray_session, tiny_models_dir, tmp_path):
-    from adaptcot.config import load_config
-    from ray_jobs import stages
+    from adaptcot.job import stages
+    from adaptcot.job.config import load_config
 
     data = write_records(records(8, kinds=("cot",)), tmp_path / "sft.parquet")
     job = load_config(job_config(tmp_path, str(tiny_models_dir["student"]), data, epochs=8, batching="packed"))
-    report = stages.run_train(job)
+    report = stages.train(job).report
     out = tmp_path / "run" / "train"
     rows = metrics(out)
     # 8 records x 8 epochs / (4 per worker x 2 workers) = 8 optimizer steps over the same 8 records.
@@ -228,7 +265,7 @@ def test_training_lowers_the_loss_and_the_export_generates_in_vllm(ray_session, 
     assert json.loads((out / "train_report.json").read_text())["global_step"] == 8
 
     # Running again with the same data and settings does not train again.
-    again = stages.run_train(job)
+    again = stages.train(job).report
     assert again.run_name == report.run_name and again.seconds == report.seconds
 
     from vllm import LLM, SamplingParams
@@ -245,13 +282,13 @@ def test_training_lowers_the_loss_and_the_export_generates_in_vllm(ray_session, 
 
 @pytest.mark.slow
 def test_cascod_joint_run_reports_both_losses(ray_session, tiny_models_dir, tmp_path):
-    from adaptcot.config import load_config
-    from ray_jobs import stages
+    from adaptcot.job import stages
+    from adaptcot.job.config import load_config
 
     data = write_records(records(8), tmp_path / "sft.parquet")  # cot records too: ignored by this objective
     job = load_config(job_config(tmp_path, str(tiny_models_dir["student"]), data, objective="cascod",
                                  cascod={"alpha": 0.5}, epochs=2, num_workers=1, cpus_per_worker=1.0))
-    report = stages.run_train(job)
+    report = stages.train(job).report
     rows = metrics(tmp_path / "run" / "train")
     assert report.data["by_kind"] == {"cascod_rationale": 8, "cascod_answer": 8}
     assert report.data["ignored_kinds"] == {"cot": 8}
@@ -262,8 +299,8 @@ def test_cascod_joint_run_reports_both_losses(ray_session, tiny_models_dir, tmp_
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_from_its_checkpoint(ray_session, tiny_models_dir, tmp_path):
-    from adaptcot.config import load_config
-    from ray_jobs import stages
+    from adaptcot.job import stages
+    from adaptcot.job.config import load_config
 
     data = write_records(records(16, kinds=("cot",)), tmp_path / "sft.parquet")
     config = job_config(tmp_path, str(tiny_models_dir["student"]), data, epochs=40, save_steps=4,
@@ -289,7 +326,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(ray_session, tiny_models_dir, 
     assert not (out / "model").exists(), "the first run finished before it was killed"
     killed_at = max(r["step"] for r in metrics(out, "metrics.live.jsonl"))
 
-    report = stages.run_train(load_config(config))
+    report = stages.train(load_config(config)).report
     assert report.resumed_from_step is not None and report.resumed_from_step % 4 == 0
     assert report.resumed_from_step <= killed_at < 160 and report.global_step == 160
     live = [r["step"] for r in metrics(out, "metrics.live.jsonl")]
@@ -300,7 +337,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(ray_session, tiny_models_dir, 
 
 
 def test_cli_refuses_a_bad_dataset_before_any_worker_starts(ray_session, tiny_models_dir, tmp_path, capsys):
-    from adaptcot.cli import main as cli
+    from adaptcot.job.cli import main as cli
 
     data = write_records(records(8, kinds=("cot",), long_every=1), tmp_path / "sft.parquet")  # all too long
     config = job_config(tmp_path, str(tiny_models_dir["student"]), data, max_seq_len=128, too_long="fail")

@@ -6,8 +6,15 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from adaptcot import bank, schemas, storage, teacher
-from adaptcot.pool_import import PoolImportConfig, import_pool, read_pool, read_rejects
+from adaptcot.common import schemas, storage
+from adaptcot.grade import bank
+from adaptcot.pool.importer import (
+    PoolImportConfig,
+    import_pool,
+    read_pool,
+    read_rejects,
+)
+from adaptcot.teach import teacher
 
 
 @pytest.fixture(params=["local", "s3"])

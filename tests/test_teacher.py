@@ -9,11 +9,17 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from adaptcot.answering import SamplingConfig
-from adaptcot.teacher import TeacherConfig, collect, request_key, stored_rows, teach_endpoint
-from adaptcot.teacher_client import EndpointConfig, RetryConfig, split_reasoning
 from teacher_fixtures import FaultProxy
+
+from adaptcot.grade.answering import SamplingConfig
+from adaptcot.teach.client import EndpointConfig, RetryConfig, split_reasoning
+from adaptcot.teach.teacher import (
+    TeacherConfig,
+    collect,
+    request_key,
+    stored_rows,
+    teach_endpoint,
+)
 
 
 def samples_table(n: int, start: int = 0) -> pa.Table:
@@ -103,7 +109,7 @@ def test_qps_limit_spaces_request_starts(teacher_server, tmp_path):
 KILLABLE_RUN = """
 import json, sys
 import pyarrow.parquet as pq
-from adaptcot.teacher import TeacherConfig, teach_endpoint
+from adaptcot.teach.teacher import TeacherConfig, teach_endpoint
 cfg = TeacherConfig.model_validate_json(sys.argv[1])
 teach_endpoint(pq.read_table(sys.argv[2]), cfg, sys.argv[3])
 """
@@ -137,8 +143,8 @@ def test_a_killed_run_resumes_without_asking_for_anything_stored(teacher_server,
 
 @pytest.mark.slow
 def test_an_in_cluster_teacher_through_ray_data_llm(ray_session, tiny_models_dir, tmp_path):
-    from adaptcot.answering import EngineConfig, ResourcesConfig, StudentConfig
-    from adaptcot.teacher import teach_in_cluster
+    from adaptcot.grade.answering import EngineConfig, ResourcesConfig, StudentConfig
+    from adaptcot.teach.teacher import teach_in_cluster
 
     engine = StudentConfig(model=str(tiny_models_dir["teacher"]),
                            engine=EngineConfig(max_model_len=512, dtype="float32", enforce_eager=True),
@@ -159,7 +165,7 @@ def test_an_in_cluster_teacher_through_ray_data_llm(ray_session, tiny_models_dir
 
 @pytest.mark.slow
 def test_the_llm_judge_asks_the_endpoint_once_per_prompt(teacher_server):
-    from adaptcot.cot_filter import JudgeConfig, endpoint_judge
+    from adaptcot.teach.cot_filter import JudgeConfig, endpoint_judge
 
     proxy = FaultProxy(teacher_server[0], fault_rate=0.5)
     judge = endpoint_judge(JudgeConfig(max_tokens=8, endpoint=EndpointConfig(

@@ -23,8 +23,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from adaptcot.prm_modeling import prm_step_probs, step_probs_from_logits
-from adaptcot.tiny_models import MARKER, SPECIAL_TOKENS, build_tiny_models
+from adaptcot.demo.prm_modeling import prm_step_probs, step_probs_from_logits
+from adaptcot.demo.tiny_models import MARKER, SPECIAL_TOKENS, build_tiny_models
 
 KINDS = ("student", "teacher", "prm")
 # vLLM on a small CPU box: in-process engine (fast start, no worker process), 1 GiB KV cache, both cores.

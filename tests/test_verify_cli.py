@@ -5,7 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from adaptcot.cli import main
+from adaptcot.job.cli import main
 
 ADD_CALL = {"kind": "call", "fn_name": "add", "cases": [{"input": "[1, 2]", "output": "3"}]}
 DOUBLE_IO = {"kind": "stdin_stdout", "cases": [{"input": "2\n", "output": "4\n"}, {"input": "5", "output": "10"}]}

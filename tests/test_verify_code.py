@@ -5,9 +5,19 @@ import json
 import pyarrow as pa
 import pytest
 
-from adaptcot.sandbox import SandboxConfig
-from adaptcot.verify_code import (CodeVerifier, CodeVerifyActor, CodeVerifyConfig, extract_code, outputs_match,
-                                  rewrite_asserts, values_equal, verify_code_table)
+from adaptcot.verify.code_answers import (
+    extract_code,
+    outputs_match,
+    rewrite_asserts,
+    values_equal,
+)
+from adaptcot.verify.code_tests import (
+    CodeVerifier,
+    CodeVerifyActor,
+    CodeVerifyConfig,
+    verify_code_table,
+)
+from adaptcot.verify.sandbox import SandboxConfig
 
 CONFIG = CodeVerifyConfig(sandbox=SandboxConfig(isolation="namespaces", timeout_s=2.0, memory_mb=256), workers=2)
 
@@ -168,7 +178,7 @@ def test_ray_actors_with_fractional_cpus_give_the_same_verdicts(ray_session, ver
 
 
 def test_grading_verifies_math_and_code_attempts_of_one_batch_in_order():
-    from adaptcot.grading import AttemptVerifier
+    from adaptcot.verify.attempts import AttemptVerifier, VerifyConfig
 
     right, wrong = SOLUTIONS["stdin_stdout"][1:]
     rows = [("math", "The answer is \\boxed{12}.", "12", None, None),
@@ -181,10 +191,9 @@ def test_grading_verifies_math_and_code_attempts_of_one_batch_in_order():
                       "reference_answer": [r[2] for r in rows],
                       "tests_json": [json.dumps(r[3]) if r[3] else None for r in rows],
                       "error": [r[4] for r in rows]})
-    stage = AttemptVerifier(workers=1, timeout_s=5.0, code=CONFIG)
+    stage = AttemptVerifier(VerifyConfig(workers=1, timeout_s=5.0, code=CONFIG))
     out = stage(batch)
     assert out.column("question_id").to_pylist() == ["q0", "q1", "q2", "q3", "q4"]
     assert out.column("verdict").to_pylist() == ["passed", "passed", "wrong_answer", "wrong_answer", "error"]
     assert out.column("correct").to_pylist() == [True, True, False, False, None]
-    stage.verifier.close()
-    stage._code.close()
+    stage.close()

@@ -5,9 +5,16 @@ import time
 import pyarrow as pa
 import pytest
 
-from adaptcot import schemas
-from adaptcot.verify_math import (VERDICTS, MathVerifier, MathVerifyActor, Verdict, is_choice, verify_math,
-                                  verify_table)
+from adaptcot.common import schemas
+from adaptcot.verify.math_answers import (
+    VERDICTS,
+    MathVerifier,
+    MathVerifyActor,
+    Verdict,
+    is_choice,
+    verify_math,
+    verify_table,
+)
 
 # --- responses shaped like real model outputs ----------------------------------------------------------------------
 R1_STYLE = (  # DeepSeek-R1 / QwQ: long reasoning (with a rejected boxed guess) in <think>, then a short answer

@@ -3,7 +3,7 @@
 import random
 from collections import Counter
 
-from adaptcot import world
+from adaptcot.demo import world
 
 
 def test_splits_are_seeded_disjoint_and_on_their_ladders():
@@ -58,7 +58,7 @@ def test_step_labels_follow_the_first_mistake():
 
 
 def test_the_solution_verifies_and_its_answer_is_the_final_count():
-    from adaptcot.verify_math import verify_math
+    from adaptcot.verify.math_answers import verify_math
 
     for seed in range(20):
         p = world.problem(random.Random(seed), 6)

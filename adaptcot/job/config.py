@@ -1,0 +1,233 @@
+"""Job configuration: one frozen pydantic model per stage, composed into `JobConfig`, loaded from YAML.
+
+`load_config(path, overrides)` validates everything before any work starts; a bad value fails with a `ConfigError`
+naming the file and the dotted field (`pool.imports.0.domain: ...`). Overrides are `dotted.key=value` strings whose
+values are parsed as YAML (`--set pool.max_question_chars=5000`).
+
+Paths are resolved once, when the config is built (`JobConfig._resolve_paths`): `{run_dir}` in any string is the run
+directory; the run's own folders (`pool.out`, `tiny_models.out`, `synthetic_pool.out`, `train.out`, ...) are under
+`run_dir` unless absolute or a URI; and the defaults that point one stage at another's output are filled in
+(`grade.pool` and `grade.bank`, `train.model` and `train.data`). Stages read finished paths and nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from adaptcot.common import storage
+from adaptcot.common.settings import Strict
+from adaptcot.demo.world import WorldModelsConfig
+from adaptcot.evaluate.ablation_stats import ARMS
+from adaptcot.evaluate.evaluation import JobEvalConfig
+from adaptcot.grade.grading import GradeConfig
+from adaptcot.pool.presets import resolve_mapping
+from adaptcot.sample.draw import SampleConfig
+from adaptcot.sft.records import SFTConfig
+from adaptcot.sft.train_config import TrainConfig
+from adaptcot.teach.cot_filter import FilterConfig
+from adaptcot.teach.teacher import TeacherConfig
+
+
+class RayConfig(Strict):
+    address: str | None = None      # None: start a local Ray cluster; "auto" or ray://... to join one
+    num_cpus: int | None = Field(default=None, gt=0)  # only for a local cluster
+
+
+class TinyModelsConfig(Strict):
+    """Student, teacher and PRM built on the spot: random weights (plumbing), or trained on the arithmetic world."""
+
+    enabled: bool = True
+    kind: Literal["random", "world"] = "random"
+    out: str = "models"             # relative paths are under run_dir
+    seed: int = 0
+    world: WorldModelsConfig = WorldModelsConfig()  # training budgets, for kind "world"
+
+
+class SyntheticPoolConfig(Strict):
+    """A generated raw question pool, for runs with no dataset at hand (the local default)."""
+
+    enabled: bool = False
+    # "templated": GSM8K- and APPS-shaped rows (math.jsonl, code.jsonl); "world": the arithmetic ladder of
+    # adaptcot.world: the pool (math.jsonl), a held-out eval split (eval.jsonl, also imported as the pool
+    # `eval_pool_out`, which a `kind: eval` distribution can name) and an out-of-distribution split (ood.jsonl).
+    kind: Literal["templated", "world"] = "templated"
+    math_questions: int = Field(default=200, ge=0)
+    code_questions: int = Field(default=50, ge=0)
+    eval_questions: int = Field(default=0, ge=0)   # world only
+    ood_questions: int = Field(default=0, ge=0)    # world only
+    eval_pool_out: str = "eval_pool"               # world only, relative to run_dir
+    seed: int = 0
+    out: str = "raw"
+
+    @model_validator(mode="after")
+    def _world_has_no_code(self):
+        if self.kind == "world" and self.code_questions:
+            raise ValueError("kind 'world' has no code tasks: set code_questions to 0")
+        if self.kind == "templated" and (self.eval_questions or self.ood_questions):
+            raise ValueError("eval_questions and ood_questions need kind 'world'")
+        return self
+
+
+class PoolSourceGroup(Strict):
+    sources: list[str] = Field(min_length=1)
+    domain: Literal["math", "code"]
+    preset: str | None = None
+    mapping: dict[str, str] = {}
+    hf_split: str = "train"
+    hf_config: str | None = None
+
+    @model_validator(mode="after")
+    def _usable_mapping(self):
+        resolve_mapping(self.preset, self.mapping)  # unknown preset or mapping field -> error naming it
+        return self
+
+
+class PoolConfig(Strict):
+    out: str = "pool"
+    max_question_chars: int = Field(default=32_000, gt=0)
+    imports: list[PoolSourceGroup] = []
+
+
+class AblationConfig(Strict):
+    """`adaptcot ablate`: adaptive against uniform sampling and CasCoD against CoT, by seed (`job/ablation.py`)."""
+
+    seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
+    arms: list[Literal["adaptive-cot", "uniform-cot", "adaptive-cascod"]] = list(ARMS)
+    n: int | None = Field(default=None, ge=1)  # questions per sample (default: the job's sample.n)
+    out: str = "ablation"  # under run_dir
+
+    @field_validator("seeds", "arms")
+    @classmethod
+    def _distinct(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError(f"repeated entries: {value}")
+        return value
+
+
+class JobConfig(Strict):
+    run_dir: str
+    ray: RayConfig = RayConfig()
+    tiny_models: TinyModelsConfig = TinyModelsConfig()
+    synthetic_pool: SyntheticPoolConfig = SyntheticPoolConfig()
+    pool: PoolConfig = PoolConfig()
+    grade: GradeConfig | None = None
+    sample: SampleConfig | None = None      # draws from the graded student's bank partition
+    teacher: TeacherConfig | None = None
+    filter: FilterConfig = FilterConfig()
+    sft: SFTConfig | None = None
+    train: TrainConfig | None = None  # fine-tunes the student on the SFT records (Ray Train)
+    eval: JobEvalConfig | None = None  # evaluates the graded student before SFT and the trained model after
+    ablation: AblationConfig = AblationConfig()  # `adaptcot ablate`: adaptive vs uniform, CasCoD vs CoT, by seed
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_run_dir(cls, data: Any) -> Any:
+        """`{run_dir}` in any string of the config is the run directory."""
+        if isinstance(data, dict) and isinstance(data.get("run_dir"), str):
+            return _substitute(data, "{run_dir}", data["run_dir"])
+        return data
+
+    @model_validator(mode="after")
+    def _stages_have_their_inputs(self):  # runs before _resolve_paths fills the defaults it checks
+        for stage, needs in (("sample", "grade"), ("teacher", "sample"), ("sft", "teacher")):
+            if getattr(self, stage) is not None and getattr(self, needs) is None:
+                raise ValueError(f"a `{stage}` section needs a `{needs}` section (it reads that stage's output)")
+        if self.eval is not None and self.grade is None:
+            raise ValueError("an `eval` section needs a `grade` section (it evaluates that student)")
+        if self.tiny_models.enabled and storage.is_remote(self.path(self.tiny_models.out)):
+            raise ValueError(f"tiny_models.out: {self.path(self.tiny_models.out)} is not on this machine's disk; vLLM "
+                             "loads the tiny models from one (with a cloud run_dir, set tiny_models.out to a local "
+                             "directory, e.g. /tmp/adaptcot-models, and point the model paths at it)")
+        if self.train is not None:
+            if self.train.data is None and self.sft is None:
+                raise ValueError("a `train` section needs `train.data` or an `sft` section (it reads its records)")
+            if self.train.model is None and self.grade is None:
+                raise ValueError("a `train` section needs `train.model` or a `grade` section (whose student it trains)")
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_paths(self):
+        """The run's folders under run_dir, and each stage's inputs defaulting to the stage before it."""
+        def under(section, **fields):
+            return section.model_copy(update={k: self.path(v) for k, v in fields.items()})
+
+        fields: dict[str, Any] = {
+            "tiny_models": under(self.tiny_models, out=self.tiny_models.out),
+            "synthetic_pool": under(self.synthetic_pool, out=self.synthetic_pool.out,
+                                    eval_pool_out=self.synthetic_pool.eval_pool_out),
+            "pool": under(self.pool, out=self.pool.out),
+            "ablation": under(self.ablation, out=self.ablation.out)}
+        if self.grade is not None:
+            fields["grade"] = self.grade.model_copy(update={"pool": self.grade.pool or fields["pool"].out,
+                                                            "bank": self.grade.bank or self.path("bank")})
+        if self.train is not None:
+            fields["train"] = self.train.model_copy(update={
+                "out": self.path(self.train.out), "data": self.train.data or self.path("sft", "sft_records.parquet"),
+                "model": self.train.model or fields["grade"].student.model})
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)  # frozen for everyone else; this runs once, as the config is built
+        return self
+
+    def path(self, relative: str, *more: str) -> str:
+        """A config path: absolute, a URI (s3://, gs://, ...), or relative to run_dir (which may be a URI)."""
+        return storage.join(self.run_dir, relative, *more)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _substitute(node: Any, placeholder: str, value: str) -> Any:
+    if isinstance(node, str):
+        return node.replace(placeholder, value)
+    if isinstance(node, dict):
+        return {k: _substitute(v, placeholder, value) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, placeholder, value) for v in node]
+    return node
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+        value: Any = yaml.safe_load(raw) if raw != "" else None
+        if isinstance(node, list):
+            node[int(parts[-1])] = value
+        else:
+            node[parts[-1]] = value
+    return data
+
+
+def _explain(e: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid configuration"]
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, model: type[BaseModel] = JobConfig):
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, str(path))) from None

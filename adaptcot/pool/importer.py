@@ -1,0 +1,389 @@
+"""Import question sources into a de-duplicated Parquet question pool.
+
+Stage contract: reads source rows (see `pool_sources`), writes `DIR/pool/*.parquet` (schema `POOL`) and
+`DIR/rejects/*.parquet` (schema `REJECTS`) and appends a record of the import to `DIR/manifest.json`.
+
+- `normalise_rows` is the pure step: raw rows in, (pool table, rejects table) out.
+- `import_pool` streams every source through it in batches and de-duplicates by `question_id` with a two-pass
+  hash-bucketed spill (rows go to one of 64 Arrow files by id, then each bucket is de-duplicated alone), so memory
+  stays flat as the pool grows. Importing into a directory that already holds a pool adds only new questions:
+  re-running an import, or finishing one that was killed, adds nothing twice.
+- `import_pool_remote` runs the same function as a Ray task.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from adaptcot.common import schemas, storage
+from adaptcot.common.settings import Strict
+from adaptcot.common.text import normalise_text, question_id
+from adaptcot.pool.presets import (
+    ColumnMapping,
+    MappingError,
+    RowProblem,
+    multiple_choice,
+    read_answer,
+    read_tests,
+    resolve_mapping,
+    solution_text,
+)
+from adaptcot.pool.sources import RawRow, Source, batched, open_source
+
+NUM_BUCKETS = 64
+READ_BATCH_ROWS = 16384
+ROWS_PER_OUTPUT_FILE = 250_000
+
+
+class PoolImportConfig(Strict):
+    sources: list[str] = Field(min_length=1)
+    domain: Literal["math", "code"]
+    out: str
+    preset: str | None = None
+    mapping: dict[str, str] = {}  # pool field -> source column, applied over the preset
+    max_question_chars: int = Field(default=32_000, gt=0)
+    hf_split: str = "train"
+    hf_config: str | None = None
+
+
+@dataclass
+class ImportReport:
+    read: int = 0
+    imported: int = 0
+    duplicates: int = 0
+    already_in_pool: int = 0
+    rejected: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {"read": self.read, "imported": self.imported, "duplicates": self.duplicates,
+                "already_in_pool": self.already_in_pool, "rejected": dict(self.rejected)}
+
+    def lines(self) -> list[str]:
+        out = [f"read {self.read} rows: imported {self.imported}, duplicates {self.duplicates}, "
+               f"already in pool {self.already_in_pool}, rejected {sum(self.rejected.values())}"]
+        out += [f"  rejected {n:>8}  {reason}" for reason, n in sorted(self.rejected.items())]
+        return out
+
+
+# --- the pure step ------------------------------------------------------------------------------------------------
+def _text(value, field_name: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")  # UnicodeDecodeError -> invalid_utf8
+    text = value if isinstance(value, str) else str(value)
+    text.encode("utf-8")  # lone surrogates from JSON escapes -> invalid_utf8
+    return text
+
+
+def _pool_row(raw: RawRow, mapping: ColumnMapping, domain: str, max_chars: int) -> dict:
+    rec = raw.record
+    question = normalise_text(_text(rec.get(mapping.question), "question") or "")
+    if not question:
+        raise RowProblem("missing_question", f"column {mapping.question!r} is empty or absent")
+    if len(question) > max_chars:
+        raise RowProblem("too_long", f"{len(question)} characters > {max_chars}")
+    answer = tests = None
+    if domain == "math" and mapping.distractors:
+        question, answer = multiple_choice(question, *_options(rec, mapping))
+        if len(question) > max_chars:
+            raise RowProblem("too_long", f"{len(question)} characters with the options > {max_chars}")
+    elif domain == "math":
+        answer = read_answer(rec.get(mapping.answer) if mapping.answer else None, mapping.answer_format)
+        _text(answer, "answer")
+    else:
+        tests = read_tests(rec, mapping)
+    solution = solution_text(rec.get(mapping.solution), mapping.answer_format) if mapping.solution else None
+    starter = _text(rec.get(mapping.starter_code), "starter_code") if mapping.starter_code else None
+    category = (_text(rec.get(mapping.category), "category") or "").strip() if mapping.category else None
+    return {"question_id": question_id(question, domain), "domain": domain, "question": question,
+            "reference_answer": answer, "reference_solution": solution, "tests": tests,
+            "starter_code": starter or None, "category": category or None, "source": raw.source,
+            "source_row": raw.row}
+
+
+def _options(rec: dict, mapping: ColumnMapping) -> tuple[str, list[str]]:
+    """(the correct option, the wrong ones) of a multiple-choice row, each normalised and non-empty."""
+    options = []
+    for column in [mapping.answer, *mapping.distractor_columns()]:
+        text = normalise_text(_text(rec.get(column), column) or "")
+        if not text:
+            raise RowProblem("missing_answer", f"option column {column!r} is empty or absent")
+        options.append(text)
+    return options[0], options[1:]
+
+
+def _reject(raw: RawRow, reason: str, detail: str, raw_text: str | None = None) -> dict:
+    if raw_text is None:
+        raw_text = json.dumps(raw.record, ensure_ascii=True, default=str)[:4096]
+    return {"source": raw.source, "source_row": raw.row, "reason": reason, "detail": detail[:500], "raw": raw_text}
+
+
+def normalise_rows(rows: Iterable[RawRow], mapping: ColumnMapping, domain: str,
+                   max_question_chars: int = 32_000) -> tuple[pa.Table, pa.Table]:
+    """Map, validate and normalise raw rows: (pool rows, reject rows). Every input row lands in exactly one."""
+    good, bad = [], []
+    for raw in rows:
+        if raw.problem is not None:
+            bad.append(_reject(raw, *raw.problem))
+            continue
+        try:
+            good.append(_pool_row(raw, mapping, domain, max_question_chars))
+        except RowProblem as p:
+            bad.append(_reject(raw, p.reason, p.detail))
+        except (UnicodeDecodeError, UnicodeEncodeError) as e:
+            bad.append(_reject(raw, "invalid_utf8", str(e)[:200], repr(raw.record)[:4096]))
+    return (pa.Table.from_pylist(good, schema=schemas.POOL), pa.Table.from_pylist(bad, schema=schemas.REJECTS))
+
+
+# --- streaming, de-duplication, writing -------------------------------------------------------------------------
+def _bucket_of(ids: pa.Array) -> pa.Array:
+    # The first two hex digits of a sha256-derived id are uniform; 256 values fold evenly onto 64 buckets.
+    digits = pa.array(list("0123456789abcdef"))
+    high = pc.index_in(pc.utf8_slice_codeunits(ids, 0, 1), value_set=digits)
+    low = pc.index_in(pc.utf8_slice_codeunits(ids, 1, 2), value_set=digits)
+    return pc.bit_wise_and(pc.add(pc.multiply(high, 16), low), NUM_BUCKETS - 1)
+
+
+class _BucketSpill:
+    """Rows spilled to NUM_BUCKETS Arrow IPC files by question_id, so each bucket can be de-duplicated alone."""
+
+    def __init__(self, root: Path, schema: pa.Schema):
+        self.root, self.schema = root, schema
+        root.mkdir(parents=True)
+        self.writers: dict[int, ipc.RecordBatchFileWriter] = {}
+
+    def add(self, table: pa.Table) -> None:
+        buckets = _bucket_of(table["question_id"].combine_chunks())
+        order = pc.sort_indices(buckets)
+        table, buckets = table.take(order), buckets.take(order)
+        start = 0
+        for bucket, length in _runs(buckets):
+            self._writer(bucket).write_table(table.slice(start, length))
+            start += length
+
+    def _writer(self, bucket: int) -> ipc.RecordBatchFileWriter:
+        if bucket not in self.writers:
+            self.writers[bucket] = ipc.new_file(str(self.root / f"{bucket:03d}.arrow"), self.schema)
+        return self.writers[bucket]
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+    def read(self, bucket: int) -> pa.Table | None:
+        path = self.root / f"{bucket:03d}.arrow"
+        return ipc.open_file(str(path)).read_all() if path.exists() else None
+
+
+def _runs(sorted_values: pa.Array) -> list[tuple[int, int]]:
+    """(value, run length) of a sorted array, in order."""
+    encoded = pc.run_end_encode(sorted_values)
+    ends = encoded.run_ends.to_pylist()
+    starts = [0] + ends[:-1]
+    return list(zip(encoded.values.to_pylist(), [e - s for s, e in zip(starts, ends)]))
+
+
+_SPILL_SCHEMA = schemas.POOL.append(pa.field("_seq", pa.int64()))
+_IDS_SCHEMA = pa.schema([schemas.POOL.field("question_id")])
+
+
+def _existing_parquet(directory: str) -> list[str]:
+    return storage.list_files(directory, "*.parquet")
+
+
+def _spill_existing_ids(pool_dir: str, spill: _BucketSpill) -> int:
+    files = _existing_parquet(pool_dir)
+    n = 0
+    for path in files:
+        fs, inner = storage.resolve(path)
+        parquet = pq.ParquetFile(fs.open_input_file(inner))
+        for batch in parquet.iter_batches(columns=["question_id"], batch_size=READ_BATCH_ROWS):
+            spill.add(pa.Table.from_batches([batch], _IDS_SCHEMA))
+            n += batch.num_rows
+    return n
+
+
+def _dedup_bucket(new: pa.Table, existing: pa.Table | None) -> tuple[pa.Table, int, int]:
+    """(rows to add, duplicates within the import, rows already in the pool)."""
+    already = 0
+    if existing is not None and existing.num_rows:
+        fresh = pc.invert(pc.is_in(new["question_id"], value_set=existing["question_id"]))
+        already = new.num_rows - pc.sum(fresh).as_py()
+        new = new.filter(fresh)
+    firsts = new.group_by("question_id", use_threads=False).aggregate([("_seq", "min")])["_seq_min"]
+    keep = new.filter(pc.is_in(new["_seq"], value_set=firsts))
+    keep = keep.take(pc.sort_indices(keep["_seq"]))
+    return keep.drop_columns(["_seq"]), new.num_rows - keep.num_rows, already
+
+
+class _RollingParquetWriter:
+    def __init__(self, directory: Path, prefix: str, schema: pa.Schema):
+        self.directory, self.prefix, self.schema = directory, prefix, schema
+        self.writer, self.rows_in_file, self.files = None, 0, []
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        if self.writer is None or self.rows_in_file >= ROWS_PER_OUTPUT_FILE:
+            self.close()
+            path = self.directory / f"{self.prefix}-{len(self.files):05d}.parquet"
+            self.writer, self.rows_in_file = pq.ParquetWriter(str(path), self.schema), 0
+            self.files.append(path)
+        self.writer.write_table(table)
+        self.rows_in_file += table.num_rows
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _open_sources(cfg: PoolImportConfig, mapping: ColumnMapping) -> list[Source]:
+    sources = [open_source(s, cfg.hf_split, cfg.hf_config) for s in cfg.sources]
+    # A preset's optional columns (solution, starter_code, ...) may be absent from a source; required columns and
+    # columns the user mapped explicitly may not.
+    must_exist = {"question", "answer" if cfg.domain == "math" else "tests", "distractors"} | set(cfg.mapping)
+    for source in sources:
+        have = source.column_names()
+        missing = {f: c for f, c in mapping.source_columns().items()
+                   if c not in have and f.split("[")[0] in must_exist}
+        if missing:
+            raise MappingError(f"{source.spec}: mapped column(s) {missing} not found; the source has "
+                               f"{sorted(have)[:30]}")
+    return sources
+
+
+def _known_rejects(rejects_dir: str) -> set[tuple[str, int]]:
+    keys: set[tuple[str, int]] = set()
+    for path in _existing_parquet(rejects_dir):
+        t = storage.read_table(path, columns=["source", "source_row"])
+        keys.update(zip(t["source"].to_pylist(), t["source_row"].to_pylist()))
+    return keys
+
+
+def _spill_sources(sources: list[Source], cfg: PoolImportConfig, mapping: ColumnMapping, spill: _BucketSpill,
+                   rejects: _RollingParquetWriter, known_rejects: set, report: ImportReport) -> None:
+    seq = 0
+    for source in sources:
+        for batch in batched(source.rows(), READ_BATCH_ROWS):
+            good, bad = normalise_rows(batch, mapping, cfg.domain, cfg.max_question_chars)
+            report.read += len(batch)
+            report.rejected.update(bad["reason"].to_pylist())
+            if known_rejects and bad.num_rows:  # a re-run does not store the same reject twice
+                fresh = [(s, r) not in known_rejects for s, r in zip(bad["source"].to_pylist(),
+                                                                      bad["source_row"].to_pylist())]
+                bad = bad.filter(pa.array(fresh))
+            rejects.write(bad)
+            seqs = pa.array(range(seq, seq + good.num_rows), pa.int64())
+            spill.add(good.append_column("_seq", seqs))
+            seq += good.num_rows
+
+
+def import_pool(cfg: PoolImportConfig) -> ImportReport:
+    """Stream `cfg.sources` into the pool at `cfg.out`; see the module docstring."""
+    mapping = resolve_mapping(cfg.preset, cfg.mapping)
+    if cfg.domain == "math" and not mapping.answer:
+        raise MappingError("math questions need an answer column: set a preset or --map answer=COLUMN")
+    if cfg.domain == "code" and not mapping.tests:
+        raise MappingError("code questions need a tests column: set a preset or --map tests=COLUMN")
+    if cfg.domain == "code" and mapping.distractors:
+        raise MappingError("distractors (multiple choice) are for math questions only")
+    sources = _open_sources(cfg, mapping)  # fails here, before anything is written
+    out = cfg.out
+    pool_dir, rejects_dir = storage.join(out, "pool"), storage.join(out, "rejects")
+    token = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    # Staged on the pool's own disk (published by renames) or, for a pool in object storage, on this machine's
+    # (published by uploads): the spill files are scratch either way.
+    staging = Path(tempfile.mkdtemp(prefix=f"adaptcot-import-{token}-")) if storage.is_remote(out) else \
+        Path(out) / f".staging-{token}"
+    report = ImportReport()
+    try:
+        new_spill = _BucketSpill(staging / "new", _SPILL_SCHEMA)
+        old_spill = _BucketSpill(staging / "existing", _IDS_SCHEMA)
+        _spill_existing_ids(pool_dir, old_spill)
+        old_spill.close()
+        staged_rejects = _RollingParquetWriter(_mkdir(staging / "rejects"), f"rejects-{token}", schemas.REJECTS)
+        _spill_sources(sources, cfg, mapping, new_spill, staged_rejects, _known_rejects(rejects_dir), report)
+        new_spill.close()
+        staged_rejects.close()
+        staged_pool = _RollingParquetWriter(_mkdir(staging / "pool"), f"part-{token}", schemas.POOL)
+        for bucket in range(NUM_BUCKETS):
+            new = new_spill.read(bucket)
+            if new is None:
+                continue
+            keep, dups, already = _dedup_bucket(new, old_spill.read(bucket))
+            staged_pool.write(keep)
+            report.imported += keep.num_rows
+            report.duplicates += dups
+            report.already_in_pool += already
+        staged_pool.close()
+        _publish(staging, pool_dir, rejects_dir, staged_pool.files, staged_rejects.files)
+        _append_manifest(out, cfg, report, token)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _publish(staging: Path, pool_dir: str, rejects_dir: str, pool_files: list[Path],
+             reject_files: list[Path]) -> None:
+    # Rejects first: a kill between the moves leaves pool rows to be re-added (de-duplicated), never lost rejects.
+    for directory, files in ((rejects_dir, reject_files), (pool_dir, pool_files)):
+        if not storage.is_remote(directory):
+            _mkdir(Path(directory))
+        for path in files:
+            if storage.is_remote(directory):
+                storage.upload(path, storage.join(directory, path.name))  # whole objects, one per file
+            else:
+                path.rename(Path(directory) / path.name)
+
+
+def _append_manifest(out: str, cfg: PoolImportConfig, report: ImportReport, token: str) -> None:
+    path = storage.join(out, "manifest.json")
+    manifest = json.loads(storage.read_text(path)) if storage.exists(path) else {
+        "schema_version": schemas.SCHEMA_VERSION, "imports": []}
+    manifest["imports"].append({"token": token, "config": cfg.model_dump(), **report.as_dict()})
+    storage.write_text(path, json.dumps(manifest, indent=2))
+
+
+def pool_files(out: str | Path) -> list[str]:
+    """The Parquet files of the pool at `out` (a directory or URI made by `import_pool`)."""
+    return _existing_parquet(storage.join(str(out), "pool"))
+
+
+def read_pool(out: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """The whole pool as one table (for small pools and tests; large pools stream with `pyarrow.dataset`)."""
+    return storage.dataset(pool_files(out), schemas.POOL).to_table(columns=columns)
+
+
+def read_rejects(out: str | Path) -> pa.Table:
+    files = _existing_parquet(storage.join(str(out), "rejects"))
+    if not files:
+        return schemas.REJECTS.empty_table()
+    return storage.dataset(files, schemas.REJECTS).to_table()
+
+
+def import_pool_remote(cfg: PoolImportConfig) -> ImportReport:
+    """Run `import_pool` as a Ray task (on the node that can see `cfg.out`)."""
+    import ray
+
+    return ray.get(ray.remote(num_cpus=1)(import_pool).remote(cfg))

@@ -1,0 +1,299 @@
+"""Draw N questions from one student's bank partition by a difficulty distribution (METHOD.md §1, DB_sample).
+
+- `allocate`: per-level quotas from the weights, with the shortage rule (a level with too few questions is capped
+  and its shortfall goes to the other levels; see its docstring and docs/sampling.md).
+- `draw`: within a level, questions in the order of sha256(f"{seed}:{question_id}"), first k taken. The same seed
+  gives the same sample, and adding questions to the bank never reorders the questions already there.
+- `exclusion_ids` (decontamination against benchmark lists, by normalised text) and `previous_sample_ids`.
+- `sample`: the driver, bank partition + pool -> `samples.parquet` (schema SAMPLES), `distribution.json`,
+  `sample_report.json`, each published whole.
+
+Bank rows are restricted to the pool's questions, marked with the first exclusion rule that removes them and with
+their seeded order keys (`mark_exclusions`), counted per level and mark, and each block gives up its first `quota`
+questions per level (`first_per_level`); the first k per level are then taken among those few, which is the same as
+`draw` over the whole partition. A partition of up to `bank.IN_PROCESS_MAX_ROWS` rows is drawn in this process; a larger
+one on Ray Data (a distributed semi-join with the pool, blocks marked in parallel, a group-by for the counts), so a
+bank of tens of millions of questions is never held by one process (`benchmarks/bank_scale.py`). Both give the same
+sample. The pool is read again only for the drawn questions. Not covered: stratifying by domain or source (a
+mixed bank is drawn by level only), and fuzzy or n-gram decontamination (only exact matches of the identity key
+of `adaptcot.text`, i.e. equal up to case, whitespace and Unicode compatibility forms).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from adaptcot.common import schemas, storage
+from adaptcot.common.schemas import Level
+from adaptcot.common.settings import Strict
+from adaptcot.grade import bank
+from adaptcot.pool.importer import pool_files
+from adaptcot.sample.distributions import (
+    LEVEL_NAMES,
+    Distribution,
+    DistributionConfig,
+    build_distribution,
+    eval_pool_ids,
+    save_distribution,
+)
+from adaptcot.sample.exclusions import (
+    exclusion_ids,
+    mark_exclusions,
+    order_key,
+    previous_sample_ids,
+)
+
+BANK_COLUMNS = ["question_id", "domain", "student", "grader_id", "level", "difficulty_rank"]
+QUESTION_FIELDS = ["question", "reference_answer", "tests", "starter_code"]
+
+
+class SampleConfig(Strict):
+    n: int = Field(gt=0)
+    seed: int = 0
+    distribution: DistributionConfig
+    exclude: list[str] = []           # benchmark question lists (decontamination)
+    exclude_previous: list[str] = []  # earlier sample outputs (samples.parquet files or their directories)
+    domains: list[Literal["math", "code"]] | None = None  # None: every domain in the bank
+
+
+# --- allocation -----------------------------------------------------------------------------------------------
+def _largest_remainder(weights: dict[str, float], n: int) -> dict[str, int]:
+    """n split in proportion to weights, floors first, then +1 by largest remainder (ties: easier level first)."""
+    total = sum(weights.values())
+    exact = {lv: n * w / total for lv, w in weights.items()}
+    quotas = {lv: math.floor(x) for lv, x in exact.items()}
+    left = n - sum(quotas.values())
+    by_remainder = sorted(weights, key=lambda lv: (quotas[lv] - exact[lv], Level(lv).rank))
+    for lv in by_remainder[:left]:
+        quotas[lv] += 1
+    return quotas
+
+
+def _receivers(weights: dict[str, float], available: dict[str, int], quotas: dict[str, int]) -> dict[str, float]:
+    """Levels that can take more questions, with their weights; weight-0 levels (equal shares) only as a last resort."""
+    spare = [lv for lv in LEVEL_NAMES if available[lv] > quotas[lv]]
+    weighted = {lv: weights[lv] for lv in spare if weights[lv] > 0}
+    return weighted or {lv: 1.0 for lv in spare}
+
+
+def allocate(weights: dict[str, float], available: dict[str, int], n: int) -> tuple[dict[str, int], list[str]]:
+    """Questions to draw per level, and notes on every shortage.
+
+    Rule: quotas are n * weight rounded by largest remainder (they sum to n). While a level's quota exceeds the
+    questions it has, its quota is capped at what it has and the shortfall is split, again by largest remainder,
+    over the levels that still have spare questions, in proportion to their weights. Levels with weight 0 receive
+    questions (in equal shares) only when no level with weight > 0 has any to spare. When no level has spare
+    questions left, fewer than n are drawn and a note says how many fewer.
+    """
+    weights = {lv: float(weights[lv]) for lv in LEVEL_NAMES}
+    available = {lv: int(available.get(lv, 0)) for lv in LEVEL_NAMES}
+    if n < 0 or sum(weights.values()) <= 0:
+        raise ValueError(f"allocate needs n >= 0 and some weight > 0 (n={n}, weights={weights})")
+    quotas, notes = _largest_remainder(weights, n), []
+    while short := {lv: q - available[lv] for lv, q in quotas.items() if q > available[lv]}:
+        for lv, missing in short.items():
+            notes.append(f"{lv}: wanted {quotas[lv]}, only {available[lv]} available ({missing} short)")
+            quotas[lv] = available[lv]
+        receivers = _receivers(weights, available, quotas)
+        if not receivers:
+            break
+        if all(weights[lv] == 0 for lv in receivers):
+            notes.append(f"no level with weight > 0 has questions to spare: filling from {', '.join(receivers)}")
+        for lv, extra in _largest_remainder(receivers, sum(short.values())).items():
+            quotas[lv] += extra
+    drawn = sum(quotas.values())
+    if drawn < n:
+        notes.append(f"bank exhausted: drawing {drawn} questions, {n - drawn} fewer than the {n} requested")
+    return quotas, notes
+
+
+# --- drawing --------------------------------------------------------------------------------------------------
+def draw(bank_rows: pa.Table, quotas: dict[str, int], seed: int) -> pa.Table:
+    """The first quotas[level] questions of each level in seeded hash order; rows come out easiest level first."""
+    schemas.require_columns(bank_rows, ["question_id", "level"], "draw")
+    ids = bank_rows["question_id"].to_pylist()
+    if len(set(ids)) != len(ids):
+        raise schemas.SchemaError("draw: the bank rows hold a question more than once")
+    unknown = set(quotas) - set(LEVEL_NAMES)
+    if unknown:
+        raise ValueError(f"draw: unknown level(s) in quotas: {sorted(unknown)}")
+    rows = bank_rows.append_column("_order", pa.array([order_key(seed, q) for q in ids], pa.string()))
+    parts = [rows.slice(0, 0)]
+    for lv in LEVEL_NAMES:
+        k = quotas.get(lv, 0)
+        in_level = rows.filter(pc.equal(rows["level"], lv))
+        if in_level.num_rows < k:
+            raise ValueError(f"draw: level {lv} has {in_level.num_rows} questions, quota {k}")
+        parts.append(in_level.sort_by("_order").slice(0, k))
+    return pa.concat_tables(parts).drop_columns(["_order"])
+
+
+def first_per_level(rows: pa.Table, quotas: dict[str, int]) -> pa.Table:
+    """The first quotas[level] rows of each level in `_order` (rows marked excluded left out): what one block
+    contributes to the draw."""
+    rows = rows.filter(pc.is_null(rows["excluded"]))
+    parts = [rows.slice(0, 0)]
+    for level, k in quotas.items():
+        if k:
+            parts.append(rows.filter(pc.equal(rows["level"], level)).sort_by("_order").slice(0, k))
+    return pa.concat_tables(parts)
+
+
+# --- the driver -----------------------------------------------------------------------------------------------
+@dataclass
+class SampleReport:
+    student: str
+    grader_id: str
+    seed: int
+    requested: int
+    distribution: str
+    weights: dict[str, float]
+    available: dict[str, int]
+    quotas: dict[str, int]
+    excluded: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+    out_dir: str = ""
+
+    @property
+    def drawn(self) -> int:
+        return sum(self.quotas.values())
+
+    def summary(self) -> dict:
+        return {"drawn": self.drawn, "quotas": self.quotas}
+
+    def lines(self) -> list[str]:
+        out = [f"student {self.student} (grader {self.grader_id}): drew {self.drawn} of {self.requested} questions "
+               f"by the {self.distribution} distribution, seed {self.seed} -> {self.out_dir}",
+               "  " + "level".ljust(15) + "weight".rjust(8) + "available".rjust(11) + "drawn".rjust(8)]
+        out += [f"  {lv.ljust(15)}{self.weights[lv]:8.3f}{self.available[lv]:11d}{self.quotas[lv]:8d}"
+                for lv in LEVEL_NAMES]
+        out.append("  excluded: " + (", ".join(f"{k} {v}" for k, v in self.excluded.items()) or "none"))
+        out += [f"  note: {note}" for note in self.notes]
+        return out
+
+
+def with_questions(drawn: pa.Table, pool_dir: str | Path) -> pa.Table:
+    """The drawn bank rows with their question fields from the pool, as a SAMPLES table (row order kept)."""
+    ids = drawn["question_id"].combine_chunks()
+    pool = storage.dataset(pool_files(pool_dir), schemas.POOL).to_table(
+        columns=["question_id", *QUESTION_FIELDS], filter=pc.field("question_id").isin(ids))
+    # A positional take, not Table.join: Arrow's hash join does not carry the nested `tests` struct.
+    index = {q: i for i, q in enumerate(pool["question_id"].to_pylist())}
+    if len(index) != pool.num_rows or len(index) != len(ids):
+        raise schemas.SchemaError(f"sample: {len(ids)} drawn questions matched {pool.num_rows} pool rows")
+    fields = pool.take(pa.array([index[q] for q in ids.to_pylist()], pa.int64()))
+    table = drawn
+    for name in QUESTION_FIELDS:
+        table = table.append_column(name, fields[name])
+    return table.select(schemas.SAMPLES.names).cast(schemas.SAMPLES)
+
+
+def write_outputs(out_dir: str | Path, table: pa.Table, dist: Distribution, report: SampleReport) -> None:
+    """samples.parquet, distribution.json, then sample_report.json (written last: its presence means done)."""
+    out = str(out_dir)
+    storage.write_table(table, storage.join(out, "samples.parquet"))
+    save_distribution(dist, storage.join(out, "distribution.json"))
+    blob = {**asdict(report), "drawn": report.drawn}
+    storage.write_text(storage.join(out, "sample_report.json"), json.dumps(blob, indent=2))
+
+
+def _eval_note(dist: Distribution) -> list[str]:
+    p = dist.provenance
+    if dist.kind != "eval" or p["graded_eval_questions"] == p["eval_questions"]:
+        return []
+    return [f"P_eval from {p['graded_eval_questions']} of {p['eval_questions']} eval questions "
+            f"({p['eval_questions'] - p['graded_eval_questions']} not graded yet)"]
+
+
+class _Marked:
+    """The marked bank rows of the questions in the pool (`mark_exclusions`): a table held here for a small
+    partition, or a Ray dataset materialized in the object store (spilled to disk when large) for a big one.
+    Either way the same two questions are asked of them: the counts per level and mark, and the first k per level."""
+
+    def __init__(self, bank_files: list[str], pool: list[str], config: SampleConfig, drop_ids: dict[str, set[str]],
+                 on_ray: bool):
+        id_sets = {reason: pa.array(sorted(ids), pa.string()) for reason, ids in drop_ids.items()}
+        kwargs = {"domains": config.domains, "drop_ids": id_sets, "seed": config.seed}
+        self.on_ray = on_ray
+        if not on_ray:
+            rows = storage.dataset(bank_files, schemas.BANK).to_table(columns=BANK_COLUMNS)
+            pool_ids = storage.dataset(pool, schemas.POOL).to_table(columns=["question_id"])["question_id"]
+            self.rows = mark_exclusions(rows.filter(pc.is_in(rows["question_id"], value_set=pool_ids)), **kwargs)
+            return
+        joined = storage.ray_dataset(bank_files, BANK_COLUMNS).join(
+            storage.ray_dataset(pool, ["question_id"]), join_type="left_semi", on=("question_id",),
+            num_partitions=storage.hash_partitions(bank_files + pool))
+        self.rows = joined.map_batches(mark_exclusions, fn_kwargs=kwargs, batch_format="pyarrow",
+                                       num_cpus=0.25).materialize()
+
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(questions left per level, rows removed per rule)."""
+        if self.on_ray:
+            groups = [(r["level"], r["excluded"], r["count()"])
+                      for r in self.rows.groupby(["level", "excluded"]).count().take_all()]
+        else:
+            t = self.rows.group_by(["level", "excluded"]).aggregate([("question_id", "count")])
+            groups = list(zip(*(t[c].to_pylist() for c in ("level", "excluded", "question_id_count"))))
+        available, excluded = {lv: 0 for lv in LEVEL_NAMES}, Counter()
+        for level, reason, n in groups:
+            if level not in available:
+                raise schemas.SchemaError(f"bank rows with unknown level {level!r}")
+            if reason is None:
+                available[level] += n
+            else:
+                excluded[reason] += n
+        return available, dict(excluded)
+
+    def firsts(self, quotas: dict[str, int]) -> pa.Table:
+        """Every question that can be among the first quotas[level] of its level: each block's own first ones."""
+        if not self.on_ray:
+            return first_per_level(self.rows, quotas)
+        import ray
+
+        parts = [ray.get(r) for r in self.rows.map_batches(first_per_level, fn_kwargs={"quotas": quotas},
+                                                           batch_format="pyarrow", num_cpus=0.25).to_arrow_refs()]
+        return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in BANK_COLUMNS})
+
+
+def sample(bank_root: str | Path, pool_dir: str | Path, student: str, grader_id: str, config: SampleConfig,
+           out_dir: str | Path, in_process_max_rows: int = bank.IN_PROCESS_MAX_ROWS) -> SampleReport:
+    """Draw `config.n` questions of `pool_dir` from `student`'s bank partition and write them to `out_dir`.
+    A partition of more than `in_process_max_rows` rows is drawn on Ray Data (Ray must be up then; `adaptcot
+    sample` starts it)."""
+    files = bank.part_files(bank_root, "bank", student, grader_id)
+    if not files:
+        raise FileNotFoundError(f"no graded questions for {student} (grader {grader_id}) in {bank_root}; "
+                                "run `adaptcot grade` first (`adaptcot bank summary BANK` lists what is there)")
+    if not pool_files(pool_dir):
+        raise FileNotFoundError(f"pool not found: {pool_dir} (create it with `adaptcot pool import`)")
+    kind = config.distribution.kind
+    # P_eval and P_C are known before looking at the pool; uniform weights need what is available (below).
+    dist = None if kind == "uniform" else build_distribution(config.distribution, bank_root, student, grader_id)
+    drop_ids = {"eval_set": set(eval_pool_ids(config.distribution.eval_pool).to_pylist())} if kind == "eval" \
+        else {}  # training on the eval set would be contamination too
+    drop_ids["benchmark"] = exclusion_ids(config.exclude)
+    drop_ids["previous_sample"] = previous_sample_ids(config.exclude_previous)
+    bank_rows = storage.row_count(files)
+    marked = _Marked(files, pool_files(pool_dir), config, drop_ids, on_ray=bank_rows > in_process_max_rows)
+    available, removed = marked.counts()
+    if dist is None:
+        dist = build_distribution(config.distribution, bank_root, student, grader_id, available)
+    excluded = {"not_in_pool": bank_rows - sum(available.values()) - sum(removed.values()),
+                **({"domain": removed.get("domain", 0)} if config.domains else {}),
+                **{reason: removed.get(reason, 0) for reason in drop_ids}}
+    quotas, notes = allocate(dist.weights, available, config.n)
+    drawn = draw(marked.firsts(quotas).select(BANK_COLUMNS), quotas, config.seed)
+    table = with_questions(drawn, pool_dir)
+    report = SampleReport(student, grader_id, config.seed, config.n, dist.kind, dist.weights, available, quotas,
+                          excluded, _eval_note(dist) + notes, str(out_dir))
+    write_outputs(out_dir, table, dist, report)
+    return report

@@ -1,0 +1,228 @@
+"""Driver side of SFT (pure, no Ray; runs before any worker starts, so a bad dataset fails early and cheaply).
+
+- `tokenize_records`: chat records -> token ids through the student's own chat template; `prompt_tokens` marks where
+  the assistant turn starts, so the loss is on assistant tokens only (the turn's end token included: the model has
+  to learn to stop). Records longer than `max_seq_len` are dropped and counted, or fail the run (`too_long`); they
+  are never truncated.
+- `training_order`: the whole run's example order, materialised once and seeded: epochs, CasCoD phases, CasCoD
+  pairs kept next to each other (so a joint-loss batch holds both objectives), length grouping. The Trainer then
+  reads it sequentially, so a resumed run continues exactly where the checkpoint was taken.
+- `padding_fraction`: the share of pad tokens the batching will feed the model (0 with packing).
+
+Batching: `grouped` (default) pads micro-batches of similar length (sorted within mega-batches of 64
+micro-batches); `packed` concatenates a micro-batch's examples into one row (`trainer.SFTCollator`); `plain` pads
+shuffled ones.
+
+Not covered: datasets larger than one worker's memory (the tokenised order is read whole by every worker).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from adaptcot.common.schemas import require_columns
+from adaptcot.sft.train_config import TrainConfig
+
+KIND_CODES = {"cot": 0, "cascod_rationale": 1, "cascod_answer": 2}
+RECORD_COLUMNS = ("record_id", "question_id", "kind", "messages")
+ORDER_SCHEMA = pa.schema([
+    pa.field("record_id", pa.string()), pa.field("kind", pa.string()), pa.field("input_ids", pa.list_(pa.int32())),
+    pa.field("prompt_tokens", pa.int32()), pa.field("phase", pa.int8()), pa.field("epoch", pa.int16()),
+])
+MEGA_BATCH = 64  # micro-batches sorted together in `grouped` batching (transformers' LengthGroupedSampler uses 50)
+
+
+class DatasetError(ValueError):
+    """The SFT dataset cannot be trained on as configured (raised before any worker starts)."""
+
+
+@dataclass
+class DataReport:
+    records: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)  # records of the objective's kinds, before length checks
+    ignored_kinds: dict[str, int] = field(default_factory=dict)  # records of other kinds (not this objective's)
+    too_long: int = 0
+    empty_target: int = 0
+    used: int = 0
+    tokens: int = 0  # tokens of the used records
+    target_tokens: int = 0  # tokens with a loss
+    max_len: int = 0
+    examples: int = 0  # examples in the training order (used records x epochs)
+    micro_batches: int = 0
+    padding_fraction: float = 0.0
+
+    def lines(self) -> list[str]:
+        return [f"{self.records} records, {self.used} used {dict(self.by_kind)}; dropped: {self.too_long} longer than "
+                f"max_seq_len, {self.empty_target} with an empty target; other kinds ignored: {self.ignored_kinds}",
+                f"{self.tokens} tokens ({self.target_tokens} with a loss), longest {self.max_len}; {self.examples} "
+                f"examples in {self.micro_batches} micro-batches, padding fraction {self.padding_fraction:.3f}"]
+
+
+def tokenize_records(records: pa.Table, tokenizer, cfg: TrainConfig) -> tuple[pa.Table, DataReport]:
+    """Chat records -> (record_id, kind, input_ids, prompt_tokens) for the objective's kinds; DataReport of the rest."""
+    require_columns(records, RECORD_COLUMNS, "train")
+    report = DataReport(records=records.num_rows)
+    kinds = Counter(records["kind"].to_pylist())
+    wanted = cfg.kinds()
+    report.by_kind = {k: kinds.get(k, 0) for k in wanted}
+    report.ignored_kinds = {k: n for k, n in kinds.items() if k not in wanted}
+    out = {"record_id": [], "kind": [], "input_ids": [], "prompt_tokens": []}
+    for row in records.select(["record_id", "kind", "messages"]).to_pylist():
+        if row["kind"] not in wanted:
+            continue
+        messages = row["messages"]
+        if not messages or messages[-1]["role"] != "assistant":
+            raise DatasetError(f"record {row['record_id']}: the last message must be the assistant's")
+        prompt = _chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+        full = _chat_ids(tokenizer, messages, add_generation_prompt=False)
+        if full[:len(prompt)] != prompt:
+            raise DatasetError(f"record {row['record_id']}: the chat template does not render the conversation as "
+                               f"its prompt followed by the assistant turn, so the assistant tokens cannot be found")
+        if len(full) == len(prompt) or not messages[-1]["content"].strip():
+            report.empty_target += 1
+            continue
+        if len(full) > cfg.max_seq_len:
+            report.too_long += 1
+            continue
+        out["record_id"].append(row["record_id"])
+        out["kind"].append(row["kind"])
+        out["input_ids"].append(full)
+        out["prompt_tokens"].append(len(prompt))
+        report.tokens += len(full)
+        report.target_tokens += len(full) - len(prompt)
+        report.max_len = max(report.max_len, len(full))
+    report.used = len(out["record_id"])
+    if report.too_long and cfg.too_long == "fail":
+        raise DatasetError(f"{report.too_long} of {sum(report.by_kind.values())} records are longer than max_seq_len "
+                           f"{cfg.max_seq_len} tokens (too_long: fail); raise max_seq_len or set too_long: drop")
+    if report.used == 0:
+        raise DatasetError(f"no record left to train on: {report.lines()[0]}")
+    table = pa.table({"record_id": pa.array(out["record_id"], pa.string()), "kind": pa.array(out["kind"], pa.string()),
+                      "input_ids": pa.array(out["input_ids"], pa.list_(pa.int32())),
+                      "prompt_tokens": pa.array(out["prompt_tokens"], pa.int32())})
+    return table, report
+
+
+def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    ids = tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages],
+                                        tokenize=True, add_generation_prompt=add_generation_prompt)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def training_order(tokens: pa.Table, cfg: TrainConfig, pair_of: dict[str, str] | None = None) -> pa.Table:
+    """Every example of the run in the order it is trained (schema ORDER_SCHEMA), seeded.
+
+    `pair_of` maps a CasCoD record id to the id of its partner (same question and CoT); joint training keeps the
+    two next to each other."""
+    rng = random.Random(cfg.seed)
+    ids = tokens["record_id"].to_pylist()
+    kinds = tokens["kind"].to_pylist()
+    lengths = [len(x) for x in tokens["input_ids"].to_pylist()]
+    if cfg.objective == "cascod" and cfg.cascod.mode == "two_phase":
+        phases = [[i for i, k in enumerate(kinds) if k == kind] for kind in ("cascod_rationale", "cascod_answer")]
+        units_by_phase = [[[i] for i in phase] for phase in phases]
+    elif cfg.objective == "cascod":
+        units_by_phase = [_pairs(ids, kinds, pair_of or {})]
+    else:
+        units_by_phase = [[[i] for i in range(len(ids))]]
+    rows: list[tuple[int, int, int]] = []  # (row index, phase, epoch)
+    for phase, units in enumerate(units_by_phase):
+        for epoch in range(cfg.epochs):
+            shuffled = list(units)
+            rng.shuffle(shuffled)
+            if cfg.batching == "grouped":
+                shuffled = _group_by_length(shuffled, lengths, cfg.per_device_batch_size, rng)
+            rows += [(i, phase, epoch) for unit in shuffled for i in unit]
+    take = pa.array([r[0] for r in rows], pa.int64())
+    ordered = tokens.take(take)
+    return pa.table({"record_id": ordered["record_id"], "kind": ordered["kind"], "input_ids": ordered["input_ids"],
+                     "prompt_tokens": ordered["prompt_tokens"],
+                     "phase": pa.array([r[1] for r in rows], pa.int8()),
+                     "epoch": pa.array([r[2] for r in rows], pa.int16())}, schema=ORDER_SCHEMA)
+
+
+def _pairs(ids: list[str], kinds: list[str], pair_of: dict[str, str]) -> list[list[int]]:
+    """CasCoD units: [rationale row, answer row] where both survived, else the lone row."""
+    row_of = {record_id: i for i, record_id in enumerate(ids)}
+    units, seen = [], set()
+    for i, record_id in enumerate(ids):
+        if i in seen:
+            continue
+        partner = row_of.get(pair_of.get(record_id, ""))
+        if partner is not None and partner not in seen and kinds[partner] != kinds[i]:
+            unit = [i, partner] if kinds[i] == "cascod_rationale" else [partner, i]
+        else:
+            unit = [i]
+        seen.update(unit)
+        units.append(unit)
+    return units
+
+
+def _group_by_length(units: list[list[int]], lengths: list[int], batch: int, rng: random.Random) -> list[list[int]]:
+    """Sort units by length within mega-batches, cut into micro-batches, shuffle the micro-batches."""
+    per_batch = max(1, batch // max(len(u) for u in units)) if units else 1
+    mega = per_batch * MEGA_BATCH
+    batches = []
+    for start in range(0, len(units), mega):
+        chunk = sorted(units[start:start + mega], key=lambda u: -max(lengths[i] for i in u))
+        batches += [chunk[j:j + per_batch] for j in range(0, len(chunk), per_batch)]
+    rng.shuffle(batches)
+    return [unit for b in batches for unit in b]
+
+
+def micro_batches(n_examples: int, cfg: TrainConfig) -> list[range]:
+    """How the sequential order is cut into micro-batches (the same cut the Trainer's dataloader makes)."""
+    b = cfg.per_device_batch_size
+    return [range(s, min(s + b, n_examples)) for s in range(0, n_examples, b)]
+
+
+def padding_fraction(lengths: list[int], cfg: TrainConfig) -> float:
+    """Pad tokens / all tokens fed to the model, for the order's lengths under the configured batching."""
+    if cfg.batching == "packed" or not lengths:
+        return 0.0
+    fed = sum(max(lengths[i] for i in r) * len(r) for r in micro_batches(len(lengths), cfg))
+    return 1.0 - sum(lengths) / fed
+
+
+def optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
+    per_step = cfg.per_device_batch_size * cfg.num_workers * cfg.grad_accum
+    steps = max(1, n_examples // per_step)  # the Trainer drops an incomplete accumulation at the end
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def cascod_pairs(records: pa.Table) -> dict[str, str]:
+    """record_id -> partner record_id for CasCoD records made from the same teacher CoT (`cot_id`)."""
+    if "cot_id" not in records.column_names:
+        return {}  # records from before `cot_id` existed: trained as single records
+    by_cot: dict[str, dict[str, str]] = {}
+    for row in records.select(["record_id", "cot_id", "kind"]).to_pylist():
+        if row["cot_id"] and row["kind"] in ("cascod_rationale", "cascod_answer"):
+            by_cot.setdefault(row["cot_id"], {})[row["kind"]] = row["record_id"]
+    pairs = {}
+    for both in by_cot.values():
+        if len(both) == 2:
+            pairs[both["cascod_rationale"]] = both["cascod_answer"]
+            pairs[both["cascod_answer"]] = both["cascod_rationale"]
+    return pairs
+
+
+def prepare(records: pa.Table, tokenizer, cfg: TrainConfig) -> tuple[pa.Table, DataReport]:
+    """Tokenise, check and order a dataset: everything the workers need, done before they start."""
+    tokens, report = tokenize_records(records, tokenizer, cfg)
+    pairs = cascod_pairs(records) if cfg.objective == "cascod" else None
+    order = training_order(tokens, cfg, pairs)
+    lengths = [len(x) for x in order["input_ids"].to_pylist()]
+    report.examples = order.num_rows
+    report.micro_batches = len(micro_batches(order.num_rows, cfg))
+    report.padding_fraction = round(padding_fraction(lengths, cfg), 4)
+    per_step = cfg.per_device_batch_size * cfg.num_workers * cfg.grad_accum
+    if order.num_rows < per_step:
+        raise DatasetError(f"{order.num_rows} examples are fewer than one optimizer step's {per_step} "
+                           f"(per_device_batch_size x num_workers x grad_accum)")
+    return order, report

@@ -1,0 +1,263 @@
+"""SFT data: verified teacher CoTs -> chat records for the student (schema SFT_RECORDS), written as Parquet.
+
+Record kinds (`SFT_RECORD_KINDS`, METHOD.md §2; docs/sft_data.md has examples):
+- `cot`: user = the question in the student's prompt format (the same text `answering.build_messages` asks at grading
+  and evaluation time) -> assistant = "<think>\\n{reasoning}\\n</think>\\n\\n{answer_text}" (trace "keep"), the
+  answer text alone ("strip"), or the reasoning cut to `cap_words` words plus `CAP_MARKER` ("cap").
+- `cascod_rationale` (q -> r) and `cascod_answer` (q, r -> a): CasCoD's two steps. r is the teacher's reasoning
+  (cut under "cap"); a is the answer text (math) or the final program as one ```python block (code). When there is
+  no separate reasoning, or trace is "strip", the answer text is split: r = what precedes the sentence holding the
+  last \\boxed{} (math) or the last python block (code), a = that sentence onwards / that block.
+
+Only CoTs with `drop_reason` null and `correct` true are used (CasCoD's caveat: the rationale bounds everything, so
+only verified rationales are trained on); the rest are counted by reason in `SFTReport`. A used CoT whose answer
+text has nothing before its final answer (and no separate reasoning) gets a `cot` record but no CasCoD pair.
+`build_sft` is pure (no Ray); `write_records` writes `sft_records.parquet` and `sft_report.json`.
+
+Not covered: the teacher's reasoning is used as it stands, so a reasoning ending on "so the answer is 5" keeps it
+(reasoning reaches its answer; only the separate answer part is kept out of the rationale target); in a split
+answer text an earlier \\boxed{}, or a heading line ("**Final Answer**") just before the answer line, stays in r;
+text after a code answer's program is dropped from both CasCoD targets; "cap" counts whitespace-separated words,
+not tokens (no tokenizer is loaded).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import model_validator
+
+from adaptcot.common import storage
+from adaptcot.common.schemas import (
+    SFT_RECORD_KINDS,
+    SFT_RECORDS,
+    SchemaError,
+    require_columns,
+    tests_to_json,
+)
+from adaptcot.common.settings import Strict
+from adaptcot.grade.answering import CODE_PROMPT, MATH_PROMPT, code_io_format
+from adaptcot.verify.code_answers import extract_code
+
+COT_COLUMNS = ("question_id", "domain", "teacher", "sampling_key", "sample_index", "level", "reasoning",
+               "answer_text", "correct", "drop_reason")
+QUESTION_COLUMNS = ("question_id", "domain", "question", "tests", "starter_code")
+RATIONALE_PROMPT = "{prompt}\n\nReasoning:\n{rationale}\n\nGive the final answer."
+CAP_MARKER = "\n\n[... reasoning cut ...]"
+_WORD = re.compile(r"\S+")
+_SENTENCE_END = re.compile(r"\n|[.!?](?=\s)")  # where the sentence holding the final \boxed{} may start after
+
+
+class SFTConfig(Strict):
+    formats: list[Literal["cot", "cascod"]] = ["cot"]
+    trace: Literal["keep", "strip", "cap"] = "keep"
+    cap_words: int | None = None  # required when trace == "cap"
+    system_prompt: str | None = None  # use the student's `system_prompt` from grading, if it had one
+    math_prompt: str = MATH_PROMPT  # must equal the prompts the student is evaluated with
+    code_prompt: str = CODE_PROMPT
+    # The CasCoD answer step's user turn: {prompt} is the student's user turn for the question, {question} the bare
+    # question text, {rationale} the rationale.
+    rationale_prompt: str = RATIONALE_PROMPT
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if not self.formats:
+            raise ValueError("formats must name at least one of cot, cascod")
+        if self.trace == "cap" and (self.cap_words is None or self.cap_words < 1):
+            raise ValueError("trace 'cap' needs cap_words >= 1")
+        if self.trace != "cap" and self.cap_words is not None:
+            raise ValueError(f"cap_words is only used with trace 'cap', not {self.trace!r}")
+        _check_template("math_prompt", self.math_prompt, ("question",), ("question",))
+        _check_template("code_prompt", self.code_prompt, ("question", "io_format"), ("question",))
+        _check_template("rationale_prompt", self.rationale_prompt, ("prompt", "question", "rationale"), ("rationale",))
+        return self
+
+
+def _check_template(name: str, template: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> None:
+    try:
+        template.format(**{key: "" for key in allowed})
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"{name}: only the placeholders {list(allowed)} are allowed ({e!r})") from None
+    missing = [key for key in required if "{" + key + "}" not in template]
+    if missing:
+        raise ValueError(f"{name} lacks the placeholder(s) {missing}")
+
+
+@dataclass
+class SFTReport:
+    cots_in: int | None = None  # None: the CoTs were not seen (report built from the records alone)
+    cots_used: int | None = None
+    skipped: Counter = field(default_factory=Counter)  # CoTs not used, by reason
+    no_cascod_split: int = 0  # CoTs used for `cot` but not CasCoD: nothing before the final answer to split off
+    by_kind: Counter = field(default_factory=Counter)
+    by_level: dict[str, Counter] = field(default_factory=dict)  # level -> kind -> records
+
+    def count_records(self, table: pa.Table) -> SFTReport:
+        self.by_kind = Counter(table.column("kind").to_pylist())
+        self.by_level = {}
+        for level, kind in zip(table.column("level").to_pylist(), table.column("kind").to_pylist()):
+            self.by_level.setdefault(str(level), Counter())[kind] += 1
+        return self
+
+    def as_dict(self) -> dict:
+        skipped = None if self.cots_in is None else dict(sorted(self.skipped.items()))
+        return {"cots_in": self.cots_in, "cots_used": self.cots_used, "skipped": skipped,
+                "no_cascod_split": self.no_cascod_split, "records": sum(self.by_kind.values()),
+                "by_kind": {k: self.by_kind[k] for k in SFT_RECORD_KINDS if k in self.by_kind},
+                "by_level": {level: dict(kinds) for level, kinds in sorted(self.by_level.items())}}
+
+    def summary(self) -> dict:
+        return self.as_dict()
+
+    def lines(self) -> list[str]:
+        source = "uncounted" if self.cots_in is None else f"{self.cots_used} of {self.cots_in}"
+        kinds = ", ".join(f"{k} {self.by_kind[k]}" for k in SFT_RECORD_KINDS if k in self.by_kind)
+        out = [f"{sum(self.by_kind.values())} SFT records from {source} teacher CoTs: {kinds}"]
+        out += [f"  skipped {n:>8}  {reason}" for reason, n in sorted(self.skipped.items())]
+        if self.no_cascod_split:
+            out.append(f"  no CasCoD pair {self.no_cascod_split} (no rationale before the final answer)")
+        out += [f"  level {level}: " + ", ".join(f"{k} {n}" for k, n in kinds.items())
+                for level, kinds in sorted(self.by_level.items())]
+        return out
+
+
+# --- the pure step ------------------------------------------------------------------------------------------------
+def build_sft(cots: pa.Table, questions: pa.Table, config: SFTConfig) -> tuple[pa.Table, SFTReport]:
+    """The SFT records of the kept CoTs (schema SFT_RECORDS, in CoT order) and what was used or skipped."""
+    require_columns(cots, COT_COLUMNS, "sft_data")
+    require_columns(questions, QUESTION_COLUMNS, "sft_data")
+    by_id = {q["question_id"]: q for q in questions.select(list(QUESTION_COLUMNS)).to_pylist()}
+    report, records = SFTReport(cots_in=cots.num_rows, cots_used=0), []
+    for cot in cots.select(list(COT_COLUMNS)).to_pylist():
+        reason = skip_reason(cot)
+        if reason:
+            report.skipped[reason] += 1
+            continue
+        question = by_id.get(cot["question_id"])
+        if question is None or question["domain"] != cot["domain"]:  # an upstream bug, never a skip
+            raise SchemaError(f"sft_data: no {cot['domain']} question {cot['question_id']!r} for a kept CoT")
+        new = cot_records(cot, question, config)
+        report.cots_used += 1
+        if "cascod" in config.formats and not any(r["kind"] == "cascod_answer" for r in new):
+            report.no_cascod_split += 1
+        records += new
+    table = pa.Table.from_pylist(records, schema=SFT_RECORDS)
+    if len(set(table.column("record_id").to_pylist())) != table.num_rows:
+        raise SchemaError("sft_data: duplicated (question_id, teacher, sampling_key, sample_index) in the CoTs")
+    return table, report.count_records(table)
+
+
+def build_records(cots: pa.Table, questions: pa.Table, config: SFTConfig) -> pa.Table:
+    return build_sft(cots, questions, config)[0]
+
+
+def skip_reason(cot: dict) -> str | None:
+    """Why a CoT is not used (its drop reason, an unverified answer, no answer text), or None to use it."""
+    if cot["drop_reason"] is not None:
+        return cot["drop_reason"]
+    if cot["correct"] is not True:
+        return "wrong_answer" if cot["correct"] is False else "undecided"
+    if not (cot["answer_text"] or "").strip():
+        return "no_answer_text"
+    return None
+
+
+def cot_records(cot: dict, question: dict, config: SFTConfig) -> list[dict]:
+    """The records of one kept CoT, in the order cot, cascod_rationale, cascod_answer (those configured)."""
+    system = [{"role": "system", "content": config.system_prompt}] if config.system_prompt else []
+    prompt = user_prompt(question, config)
+    reasoning = "" if config.trace == "strip" else (cot["reasoning"] or "").strip()
+    answer = cot["answer_text"].strip()
+    turns = []
+    if "cot" in config.formats:
+        turns.append(("cot", prompt, cot_reply(reasoning, answer, config)))
+    parts = cascod_parts(cot["domain"], reasoning, answer, config) if "cascod" in config.formats else None
+    if parts:
+        rationale, final = parts
+        answer_turn = config.rationale_prompt.format(prompt=prompt, question=question["question"], rationale=rationale)
+        turns += [("cascod_rationale", prompt, rationale), ("cascod_answer", answer_turn, final)]
+    return [{"record_id": record_id(kind, cot), "question_id": cot["question_id"], "kind": kind,
+             "cot_id": record_id("cot_id", cot),
+             "messages": system + [{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
+             "level": cot["level"], "teacher": cot["teacher"]} for kind, user, reply in turns]
+
+
+def user_prompt(question: dict, config: SFTConfig) -> str:
+    """The user turn the student sees for this question when it is graded or evaluated (`build_messages`)."""
+    if question["domain"] == "math":
+        return config.math_prompt.format(question=question["question"])
+    row = {"tests_json": tests_to_json(question.get("tests")), "starter_code": question.get("starter_code")}
+    return config.code_prompt.format(question=question["question"], io_format=code_io_format(row))
+
+
+def cot_reply(reasoning: str, answer: str, config: SFTConfig) -> str:
+    if not reasoning:
+        return answer
+    return f"<think>\n{cap_reasoning(reasoning, config)}\n</think>\n\n{answer}"
+
+
+def cap_reasoning(reasoning: str, config: SFTConfig) -> str:
+    """The reasoning cut after `cap_words` words (its formatting kept), with `CAP_MARKER`; uncut unless trace 'cap'."""
+    if config.trace != "cap":
+        return reasoning
+    words = list(_WORD.finditer(reasoning))
+    if len(words) <= config.cap_words:
+        return reasoning
+    return reasoning[:words[config.cap_words - 1].end()] + CAP_MARKER
+
+
+def cascod_parts(domain: str, reasoning: str, answer: str, config: SFTConfig) -> tuple[str, str] | None:
+    """(rationale, final answer) for CasCoD, or None when the answer text has nothing before its final answer."""
+    if reasoning:
+        program = extract_code(answer) if domain == "code" else None
+        final = _python_block(program) if program else answer  # a verified program found another way: keep it whole
+        return cap_reasoning(reasoning, config), final
+    split = split_answer_text(domain, answer)
+    return (cap_reasoning(split[0], config), split[1]) if split else None
+
+
+def split_answer_text(domain: str, text: str) -> tuple[str, str] | None:
+    """A reply without separate reasoning -> (what precedes the final answer, the final answer), or None."""
+    if domain == "code":
+        program = extract_code(text)
+        if not program:
+            return None
+        start = text.rfind("```", 0, text.rfind(program))  # the opening fence of the last python block
+        before, final = text[:start].rstrip(), _python_block(program)
+    else:
+        box = text.rfind("\\boxed")
+        if box < 0:
+            return None
+        start = max((m.end() for m in _SENTENCE_END.finditer(text, 0, box)), default=0)
+        before, final = text[:start].rstrip(), text[start:].strip()
+    return (before, final) if before else None
+
+
+def _python_block(program: str) -> str:
+    body = program.strip("\n")
+    return f"```python\n{body}\n```"
+
+
+def record_id(kind: str, cot: dict) -> str:
+    """128-bit hex id of (kind, question, teacher, sampling key, sample index): stable across runs and configs."""
+    key = "\n".join([kind, cot["question_id"], cot["teacher"], cot["sampling_key"], str(cot["sample_index"])])
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+# --- output -------------------------------------------------------------------------------------------------------
+def write_records(table: pa.Table, out_dir: str | Path, report: SFTReport | None = None) -> str:
+    """`out_dir/sft_records.parquet` and `out_dir/sft_report.json` (a path or URI), each published whole.
+
+    Without `report` (from `build_sft`) the JSON has the counts per kind and level but no skip counts."""
+    path = storage.join(str(out_dir), "sft_records.parquet")
+    storage.write_table(table.select(SFT_RECORDS.names).cast(SFT_RECORDS), path)
+    summary = (report or SFTReport()).count_records(table).as_dict()
+    storage.write_text(storage.join(str(out_dir), "sft_report.json"), json.dumps(summary, indent=2) + "\n")
+    return path
