@@ -1,23 +1,35 @@
 """Grading throughput: the pipeline's answering and PRM stages against raw vLLM, on the same inputs.
 
 Run: .venv/bin/python benchmarks/grade_throughput.py [--prompts 1024] [--max-tokens 512] [--models DIR] [--skip-prm]
+     [--smoke]
 
-Models: the tiny local student and PRM (`adaptcot.tiny_models`); engine args of configs/local.yaml's `grade` section
-(float32, enforce_eager, max_model_len 1024 for the student, 2048 for the PRM), engine seed 0.
+Models: the tiny local student and PRM (`adaptcot.demo.tiny_models`); engine args of configs/local.yaml's `grade`
+section (float32, enforce_eager, max_model_len 1024 for the student, 2048 for the PRM), engine seed 0.
+Rows: math questions in the pool's schema, expanded to one sample each by `grading.select_todo` (what the job's
+todo stage feeds the engines: code tests as `tests_json`, `sample_index`, `sample_key`), so both sides answer the
+rows the pipeline carries (`answering.CARRIED`).
 1. Answering, generated tokens/s. Baseline: `vllm.LLM.generate` over the chat-templated prompts with
    `SamplingParams(temperature, top_p, max_tokens, ignore_eos=True)`. `answer_processor` cannot pass `ignore_eos`,
    so its responses stop at EOS: both sides count the tokens they generated (len(token_ids) / num_tokens), and the
    same engine also runs generate() honouring EOS, the like-for-like baseline. Pipeline: `answer_processor(
-   StudentConfig)` over a Ray dataset of pool-shaped rows, consumed fully.
+   StudentConfig)` over a Ray dataset of those rows, consumed fully.
 2. PRM scoring, scored responses/s and PRM input tokens/s on (question, baseline response) rows. Baseline:
    `LLM(runner="pooling", pooler_config=PoolerConfig(step_tag_id)).encode(prompts, pooling_task="token_classify")`
-   on the prompts `PRMScorer` builds; pipeline: `map_batches(PRMScorer)` with correct=False on every row. Tokens are
-   the baseline's prompt token counts (same inputs).
+   on the prompts `PRMScorer` builds, made from the same public parts (`split_steps`, `prm_conversation`, the PRM's
+   chat template); pipeline: `map_batches(PRMScorer)` with correct=False on every row. Tokens are the baseline's
+   prompt token counts (same inputs).
 "total" includes engine start (raw: import vllm and load; pipeline: building the dataset, starting its actors and
 engines; not `ray.init`). "steady": raw times generate()/encode() alone; pipeline: the engine operator's wall time
 from Ray Data's stats (it starts when the engine actor is ready). Each side runs in its own process, one after the
 other (none competes for the 2 cores), with the same vLLM environment (ENV; also the Ray runtime env).
 Prints each side and the ratio pipeline/raw (target >= 0.9).
+
+Agreement, checked at every size (exit 1 with the disagreements listed): the pipeline answered every row exactly once
+(by question id), with no engine error, each response 1..max_tokens tokens long; raw ignore_eos generated exactly
+prompts x max_tokens tokens; the PRM sides scored the same responses, with the same number of steps each and step
+scores equal within PRM_TOLERANCE (the same model on the same prompts; only batching differs).
+--smoke: 16 prompts, 32 tokens, models in a temporary directory (1-2 minutes): checks that it runs and agrees,
+not its speed.
 """
 
 from __future__ import annotations
@@ -31,6 +43,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 # VLLM_CPU_OMP_THREADS_BIND only acts in vLLM's multiprocess executor; in-process engines ("uni" executor, also
 # inside AsyncLLM's engine-core process) use OMP_NUM_THREADS threads, which Ray sets to 1 in actors of <= 1 CPU and
@@ -47,10 +62,38 @@ PIPELINE_ENGINE_EXTRA = {"max_num_seqs": 256, "max_num_batched_tokens": 4096}
 CPUS_PER_ENGINE, CPUS_PER_LIGHT_STAGE, BATCH_SIZE = 1.0, 0.1, 32
 BLOCK_ROWS = 8 * BATCH_SIZE  # input blocks a multiple of batch_size: no 1-row remainder batches
 PRM_CPUS, PRM_BATCH_SIZE = 1.0, 256  # PRM batch 32 costs ~8% more than 256 (one encode() call per batch)
+PRM_TOLERANCE = 1e-3  # largest |raw - pipeline| of a step score (probabilities; float32, batching differs)
+SMOKE = {"prompts": 16, "max_tokens": 32}
+DEFAULT_MODELS = "/tmp/adaptcot_bench_models"
+
+
+def todo_rows(n: int) -> pa.Table:
+    """n math questions in the pool's schema, expanded to one sample each as the job's todo stage does."""
+    from adaptcot.common import schemas
+    from adaptcot.demo.synthetic import math_rows
+    from adaptcot.grade.answering import CARRIED
+    from adaptcot.grade.grading import POOL_COLUMNS, select_todo
+
+    pool = pa.Table.from_pylist(
+        [{"question_id": f"q{i}", "domain": "math", "question": r["question"],
+          "reference_answer": r["answer"].rsplit("####", 1)[1].strip(), "tests": None, "starter_code": None}
+         for i, r in enumerate(math_rows(n, seed=0))],
+        schema=pa.schema([schemas.POOL.field(c) for c in POOL_COLUMNS]))
+    todo = select_todo(pool, 1)
+    missing = [c for c in CARRIED if c not in todo.column_names]
+    if missing:
+        sys.exit(f"grade_throughput: the todo rows lack {missing}, which answering.CARRIED needs: build them as "
+                 "grading.todo_dataset does")
+    return todo
 
 
 def student_cfg(model: str, max_tokens: int, extra: dict | None = None):
-    from adaptcot.answering import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig
+    from adaptcot.grade.answering import (
+        EngineConfig,
+        ResourcesConfig,
+        SamplingConfig,
+        StudentConfig,
+    )
 
     return StudentConfig(model=model, sampling=SamplingConfig(temperature=TEMPERATURE, top_p=TOP_P,
                                                               max_tokens=max_tokens),
@@ -60,7 +103,7 @@ def student_cfg(model: str, max_tokens: int, extra: dict | None = None):
 
 
 def raw_gen(a, rows):
-    from adaptcot.answering import build_messages
+    from adaptcot.grade.answering import build_messages
     t0 = time.perf_counter()
     from vllm import LLM, SamplingParams
     llm = LLM(model=a.student, seed=SEED, **ENGINE)
@@ -76,7 +119,8 @@ def raw_gen(a, rows):
         if ignore_eos:
             result["prompt_tokens"] = sum(len(o.prompt_token_ids) for o in outs)
             Path(a.work, "responses.json").write_text(json.dumps(
-                [{"question": r["question"], "response": o.outputs[0].text} for r, o in zip(rows, outs)]))
+                [{"index": i, "question": r["question"], "response": o.outputs[0].text}
+                 for i, (r, o) in enumerate(zip(rows, outs))]))
     return result
 
 
@@ -85,17 +129,26 @@ def raw_prm(a, rows):
     from transformers import AutoTokenizer
     from vllm import LLM
     from vllm.config import PoolerConfig
-    from adaptcot.prm_scoring import PRMConfig, PRMScorer, check_prm
-    scorer = PRMScorer.__new__(PRMScorer)  # only its prompt builder, so both sides score the same prompts
-    scorer.cfg, scorer.step_rule = PRMConfig(model=a.prm, max_model_len=PRM_LEN), STEP_RULE
-    scorer.tokenizer = AutoTokenizer.from_pretrained(a.prm)
-    llm = LLM(model=a.prm, runner="pooling", pooler_config=PoolerConfig(step_tag_id=check_prm(scorer.cfg)),
+
+    from adaptcot.grade.prm import PRMConfig, check_prm, prm_conversation, split_steps
+    cfg = PRMConfig(model=a.prm, max_model_len=PRM_LEN)
+    tokenizer = AutoTokenizer.from_pretrained(a.prm)
+    llm = LLM(model=a.prm, runner="pooling", pooler_config=PoolerConfig(step_tag_id=check_prm(cfg)),
               seed=SEED, **{**ENGINE, "max_model_len": PRM_LEN})
-    prompts = [scorer._prompt(r["question"], r["response"]) for r in rows]
+
+    def prompt(question: str, response: str) -> str | None:  # PRMScorer's prompt, from the same public parts
+        steps = split_steps(response, STEP_RULE)[-cfg.max_steps:]
+        return tokenizer.apply_chat_template(prm_conversation(question, steps, cfg.step_token), tokenize=False,
+                                             add_generation_prompt=False) if steps else None
+
+    prompts = [prompt(r["question"], r["response"]) for r in rows]
+    scored = [i for i, p in enumerate(prompts) if p]  # a response without steps is not scored (as in PRMScorer)
     t1 = time.perf_counter()
-    outs = llm.encode(prompts, pooling_task="token_classify", use_tqdm=False)
+    outs = llm.encode([prompts[i] for i in scored], pooling_task="token_classify", use_tqdm=False)
     t2 = time.perf_counter()
     tokens = sum(len(o.prompt_token_ids) for o in outs)
+    Path(a.work, "raw_prm_scores.json").write_text(json.dumps(
+        {rows[i]["index"]: o.outputs.data[:, 1].float().tolist() for i, o in zip(scored, outs)}))
     return {"rows": len(outs), "tokens": tokens, "total": t2 - t0, "steady": t2 - t1}
 
 
@@ -106,19 +159,26 @@ def operator_seconds(ds, udf: str) -> float:
 
 def pipeline(a, rows):
     import ray
-    from adaptcot.answering import answer_processor
-    from adaptcot.prm_scoring import PRMConfig, PRMScorer
-    from adaptcot.runtime import configure_ray_data
+
+    from adaptcot.common.runtime import configure_ray_data
+    from adaptcot.grade.answering import answer_processor
+    from adaptcot.grade.prm import PRMConfig, PRMScorer
     configure_ray_data()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": ENV})
     t0 = time.perf_counter()
     out = answer_processor(student_cfg(a.student, a.max_tokens, PIPELINE_ENGINE_EXTRA))(
-        ray.data.from_items(rows, override_num_blocks=-(-len(rows) // BLOCK_ROWS)))
+        ray.data.from_arrow([rows.slice(i, BLOCK_ROWS) for i in range(0, rows.num_rows, BLOCK_ROWS)]))
     n = tokens = 0
+    answers = []  # (question id, tokens, engine error) per answered row, checked against the rows by the parent
     for b in out.iter_batches(batch_format="pyarrow", batch_size=None):
-        n, tokens = n + b.num_rows, tokens + sum(b["num_tokens"].to_pylist())
+        counts = [c or 0 for c in b["num_tokens"].to_pylist()]
+        n, tokens = n + b.num_rows, tokens + sum(counts)
+        errors = b["__inference_error__"].to_pylist() if "__inference_error__" in b.column_names \
+            else [None] * b.num_rows
+        answers += zip(b["question_id"].to_pylist(), counts, errors)
     result = {"gen": {"rows": n, "tokens": tokens, "total": time.perf_counter() - t0,
                       "steady": operator_seconds(out, "vLLMEngineStageUDF")}}
+    Path(a.work, "pipeline_answers.json").write_text(json.dumps(answers))
     if not a.skip_prm:
         items = [{**r, "correct": False} for r in json.loads(Path(a.work, "responses.json").read_text())]
         prm = PRMConfig(model=a.prm, max_model_len=PRM_LEN, dtype="float32", enforce_eager=True,
@@ -127,10 +187,13 @@ def pipeline(a, rows):
         out = ray.data.from_items(items, override_num_blocks=-(-len(items) // PRM_BATCH_SIZE)).map_batches(
             PRMScorer, fn_constructor_kwargs={"cfg": prm, "aggregation": "min", "step_rule": STEP_RULE},
             concurrency=1, num_cpus=PRM_CPUS, batch_size=PRM_BATCH_SIZE, batch_format="pyarrow")
-        scored = sum(sum(1 for s in b["step_scores"].to_pylist() if s is not None)
-                     for b in out.iter_batches(batch_format="pyarrow", batch_size=None))
-        result["prm"] = {"rows": scored, "total": time.perf_counter() - t0,
+        scores = {}
+        for b in out.iter_batches(batch_format="pyarrow", batch_size=None):
+            scores.update((i, s) for i, s in zip(b["index"].to_pylist(), b["step_scores"].to_pylist())
+                          if s is not None)
+        result["prm"] = {"rows": len(scores), "total": time.perf_counter() - t0,
                          "steady": operator_seconds(out, "PRMScorer")}
+        Path(a.work, "pipeline_prm_scores.json").write_text(json.dumps(scores))
     ray.shutdown()
     return result
 
@@ -144,33 +207,87 @@ def child(mode: str, a) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def disagreements(a, raw: dict, work: str) -> list[str]:
+    """What the two sides do not agree on (see the module docstring); empty when they agree."""
+    problems = []
+    expected = [f"q{i}" for i in range(a.prompts)]
+    answers = json.loads(Path(work, "pipeline_answers.json").read_text())
+    answered = sorted(q for q, _, _ in answers)
+    if answered != sorted(expected):
+        missing, extra = sorted(set(expected) - set(answered)), len(answered) - len(set(answered))
+        problems.append(f"answering: the pipeline answered {len(answered)} rows for {a.prompts} prompts "
+                        f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, {extra} answered twice)")
+    errors = [(q, e) for q, _, e in answers if e]
+    if errors:
+        problems.append(f"answering: {len(errors)} pipeline rows are engine errors, e.g. {errors[0][0]}: "
+                        f"{errors[0][1][:300]}")
+    bad_lengths = [(q, t) for q, t, e in answers if not e and not 1 <= t <= a.max_tokens]
+    if bad_lengths:
+        problems.append(f"answering: {len(bad_lengths)} pipeline responses are not 1..{a.max_tokens} tokens long, "
+                        f"e.g. {bad_lengths[:3]}")
+    if raw["ignore_eos"]["tokens"] != a.prompts * a.max_tokens:
+        problems.append(f"answering: raw ignore_eos generated {raw['ignore_eos']['tokens']} tokens, not "
+                        f"{a.prompts} x {a.max_tokens}")
+    if a.skip_prm:
+        return problems
+    raw_scores = json.loads(Path(work, "raw_prm_scores.json").read_text())
+    pipe_scores = json.loads(Path(work, "pipeline_prm_scores.json").read_text())
+    if raw_scores.keys() != pipe_scores.keys():
+        only_raw = sorted(raw_scores.keys() - pipe_scores.keys())
+        only_pipe = sorted(pipe_scores.keys() - raw_scores.keys())
+        problems.append(f"PRM: raw scored {len(raw_scores)} responses, the pipeline {len(pipe_scores)} (only raw: "
+                        f"{only_raw[:5]}, only pipeline: {only_pipe[:5]})")
+    if not raw_scores:
+        problems.append("PRM: no response was scored")
+    steps = [i for i in raw_scores.keys() & pipe_scores.keys() if len(raw_scores[i]) != len(pipe_scores[i])]
+    if steps:
+        i = steps[0]
+        problems.append(f"PRM: {len(steps)} responses have a different number of step scores, e.g. response {i}: "
+                        f"raw {len(raw_scores[i])}, pipeline {len(pipe_scores[i])}")
+    diffs = [(abs(x - y), i) for i in raw_scores.keys() & pipe_scores.keys()
+             for x, y in zip(raw_scores[i], pipe_scores[i])]
+    worst = max(diffs, default=(0.0, None))
+    print(f"PRM agreement: {len(diffs)} step scores, largest |raw - pipeline| {worst[0]:.2e}")
+    if worst[0] > PRM_TOLERANCE:
+        problems.append(f"PRM: step scores differ by up to {worst[0]:.3g} (response {worst[1]}; tolerance "
+                        f"{PRM_TOLERANCE}), {sum(d > PRM_TOLERANCE for d, _ in diffs)} of {len(diffs)} beyond it")
+    return problems
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--prompts", type=int, default=1024)
     p.add_argument("--max-tokens", type=int, default=512)
-    p.add_argument("--models", default="/tmp/adaptcot_bench_models")
+    p.add_argument("--models", default=None, help=f"where the tiny models are built (default {DEFAULT_MODELS}; "
+                                                  "--smoke: a temporary directory)")
     p.add_argument("--skip-prm", action="store_true")
+    p.add_argument("--smoke", action="store_true", help=f"a small run ({SMOKE}) that checks the sides agree")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     a = p.parse_args()
-    from adaptcot.tiny_models import build_tiny_models
-    paths = build_tiny_models(a.models)
-    a.student, a.prm = str(paths["student"]), str(paths["prm"])
+    if a.smoke:
+        a.prompts, a.max_tokens = SMOKE["prompts"], SMOKE["max_tokens"]
+    from adaptcot.demo.tiny_models import build_tiny_models
     if a.child:  # one measured side, in its own process
+        paths = build_tiny_models(a.models)
+        a.student, a.prm = str(paths["student"]), str(paths["prm"])
         fn = {"raw_gen": raw_gen, "raw_prm": raw_prm, "pipeline": pipeline}[a.child]
-        rows = json.loads(Path(a.work, "responses.json" if a.child == "raw_prm" else "rows.json").read_text())
+        if a.child == "raw_prm":
+            rows = json.loads(Path(a.work, "responses.json").read_text())
+        else:
+            rows = pq.read_table(Path(a.work, "rows.parquet"))
+            rows = rows.to_pylist() if a.child == "raw_gen" else rows
         print(json.dumps(fn(a, rows)))
         return
-    from adaptcot.synthetic import math_rows
     with tempfile.TemporaryDirectory() as work:
         a.work = work
-        rows = [{"question_id": f"q{i}", "domain": "math", "question": r["question"],
-                 "reference_answer": r["answer"].rsplit("####", 1)[1].strip(), "sample_index": 0}
-                for i, r in enumerate(math_rows(a.prompts, seed=0))]
-        Path(work, "rows.json").write_text(json.dumps(rows))
+        a.models = a.models or (str(Path(work, "models")) if a.smoke else DEFAULT_MODELS)
+        build_tiny_models(a.models)
+        pq.write_table(todo_rows(a.prompts), Path(work, "rows.parquet"))
         raw = child("raw_gen", a)
         rprm = None if a.skip_prm else child("raw_prm", a)
         pipe = child("pipeline", a)
+        problems = disagreements(a, raw, work)
     gen = pipe["gen"]
     rate = lambda n, seconds: f"{n / seconds:7.0f} tok/s"  # noqa: E731
     print(f"answering: {a.prompts} prompts ({raw['prompt_tokens']} prompt tokens; pipeline answered {gen['rows']}), "
@@ -198,6 +315,10 @@ def main() -> None:
                   f"{rate(rprm['tokens'], st)}")
         print(f"  ratio pipeline/raw: {(prm['rows'] / prm['total']) / (rprm['rows'] / rprm['total']):.2f} incl. "
               f"start, {(prm['rows'] / prm['steady']) / (rprm['rows'] / rprm['steady']):.2f} steady (target >= 0.9)")
+    if problems:
+        sys.exit("grade_throughput: the pipeline and raw vLLM disagree:\n  " + "\n  ".join(problems))
+    print("agreement: the pipeline answered every row once, without errors"
+          + ("" if a.skip_prm else "; both PRM sides scored the same responses alike"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Sandboxed code verification throughput: `CodeVerifier` (warm bubblewrap sandboxes) against bare subprocesses.
 
 Run: .venv/bin/python benchmarks/sandbox_throughput.py [--programs 200] [--cases 4] [--workers 2] [--wrong 0.2]
-     [--seed 0] [--timeout 4]
+     [--seed 0] [--timeout 4] [--smoke]
 (as root is fine: each sandbox makes its own pids and memory cgroups; needs bwrap, isolation is forced on.)
 
 Workload: --programs small stdin/stdout programs (stdlib only, a few lines: sum, max/min, sort, distinct count,
@@ -19,9 +19,10 @@ Measures programs/s (and per-program latency percentiles) of:
 - sandbox: `CodeVerifier(CodeVerifyConfig(sandbox=SandboxConfig(isolation="namespaces"), workers=--workers))
   .verify_many` on the programs wrapped in ```python fences. "first pass" includes building the verifier and
   starting its sandboxes (bwrap probe, cgroups, runners); "steady" is a second verify_many on the same verifier.
-Checks that both sides agree on pass/fail for every program (and that the sandbox's two passes agree); prints any
-mismatch and exits 1. Prints the ratio sandbox/baseline in programs/s at equal parallelism (target >= 1: with
-isolation on, the sandbox is at least as fast as bare subprocesses).
+Checks that both sides agree on pass/fail for every program (and that the sandbox's two passes agree), and that some
+programs pass and some fail; prints any mismatch and exits 1. Prints the ratio sandbox/baseline in programs/s at equal
+parallelism (target >= 1: with isolation on, the sandbox is at least as fast as bare subprocesses).
+--smoke: 30 programs of 3 cases, 30% broken (seconds): checks that it runs and agrees, not its speed.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ parser.add_argument("--workers", type=int, default=2, help="parallel programs on
 parser.add_argument("--wrong", type=float, default=0.2, help="fraction of broken programs")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--timeout", type=float, default=4.0, help="seconds per case, both sides")
+parser.add_argument("--smoke", action="store_true", help="30 programs of 3 cases, 30%% broken: checks the sides agree")
+SMOKE = {"programs": 30, "cases": 3, "wrong": 0.3}
 
 
 # --- The workload -------------------------------------------------------------------------------------------------
@@ -242,8 +245,10 @@ def line(label: str, n: int, seconds: float, runs: int, latencies: list[float]) 
 
 def main() -> int:
     a = parser.parse_args()
-    from adaptcot.sandbox import SandboxConfig
-    from adaptcot.verify_code import CodeVerifier, CodeVerifyConfig
+    if a.smoke:
+        a.programs, a.cases, a.wrong = SMOKE["programs"], SMOKE["cases"], SMOKE["wrong"]
+    from adaptcot.verify.code_tests import CodeVerifier, CodeVerifyConfig
+    from adaptcot.verify.sandbox import SandboxConfig
 
     programs = build_programs(a.programs, a.cases, a.wrong, a.seed)
     tests = [{"kind": "stdin_stdout", "cases": p.cases} for p in programs]
@@ -312,7 +317,19 @@ def main() -> int:
           f"({lucky} broken ones passed their cases by chance)")
     if unexpected:
         print(f"  warning: correct-by-construction programs that failed (a benchmark bug?): {unexpected}")
-    return 1 if mismatches else 0
+    problems = []
+    if mismatches:
+        problems.append(f"the sandbox and the bare subprocesses disagree on pass/fail for {len(mismatches)} of {n} "
+                        f"programs: {', '.join(programs[i].name for i in mismatches[:10])} (MISMATCH lines above)")
+    passed = sum(r[0] for r in seq)
+    if passed in (0, n):
+        problems.append(f"the baseline passed {passed} of {n} programs: a workload where all pass or all fail cannot "
+                        "show the sides agree")
+    if problems:
+        print("sandbox_throughput: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    print("agreement: the sandbox and the bare subprocesses give the same pass/fail for every program")
+    return 0
 
 
 if __name__ == "__main__":

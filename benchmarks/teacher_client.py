@@ -1,11 +1,11 @@
 """Teacher endpoint throughput: the project's teacher stage against a minimal bare async client, same server, same run.
 
 Run: .venv/bin/python benchmarks/teacher_client.py [--in-flight 1,16,64,256] [--requests 64] [--max-tokens 16] [--rounds 3]
-     [--models DIR]
+     [--models DIR] [--smoke]
 (about 7 minutes on 2 CPU cores: ~50 s of server start, then ~6 min of measuring.)
 
 Server: ONE real vLLM OpenAI-compatible server on 127.0.0.1 (`python -m vllm.entrypoints.openai.api_server`) serving
-the tiny local teacher (`adaptcot.tiny_models`), float32, --enforce-eager, --max-model-len 1024, --max-num-seqs 256
+the tiny local teacher (`adaptcot.demo.tiny_models`), float32, --enforce-eager, --max-model-len 1024, --max-num-seqs 256
 (so it can really hold 256 requests in flight), VLLM_CPU_KVCACHE_SPACE=1, VLLM_CPU_OMP_THREADS_BIND=0-1. The
 clients run in this process, on the same 2 cores as the server (so client CPU time is server time lost, on both sides).
 
@@ -15,7 +15,7 @@ top_p 1, max_tokens --max-tokens and `ignore_eos: true` (so every response is ex
 ask the server for identical work; checked on every response through usage.completion_tokens).
 - bare: one aiohttp ClientSession (connector limit N), an asyncio.Semaphore(N), gather over all requests, each
   reply json-decoded, nothing else. The bodies are built before timing.
-- project: `adaptcot.teacher.teach_endpoint(samples, TeacherConfig(samples=1, endpoint=EndpointConfig(
+- project: `adaptcot.teach.teacher.teach_endpoint(samples, TeacherConfig(samples=1, endpoint=EndpointConfig(
   max_in_flight=N, extra_body={"ignore_eos": True})), fresh out dir)`, timed end to end: reading what is stored,
   building the prompts, `ChatClient` with retries, the JSONL journal (one flushed line per response) and the final
   count of stored rows.
@@ -26,7 +26,10 @@ ratios swing from 0.75 to 1.3 (measured). Prints requests/s of both, the ratio p
 verdict per level, and each side's client CPU time per request (`time.process_time()` of this process, median): that one is
 not moved by other load on the machine, which the wall-clock rates are (the 1-minute load average is printed before
 and after; anything much above the server's own ~2 means the rates are noisy). Exits 1 if
-any request failed, a response was not max_tokens long, or the project did not store exactly one row per request.
+any request failed, a response was not max_tokens long, the project did not store exactly one row per request, or
+the two sides' requests differ (the server's prompt token count of each question, bare against project).
+--smoke: in flight 1 and 8, 8 requests at 1, 1 round, max_tokens 8 (under a minute, mostly the server's start):
+checks that it runs and agrees, not its speed.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ import asyncio
 import math
 import os
 import signal
-import statistics
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +58,8 @@ parser.add_argument("--requests", type=int, default=64, help="requests at 1 in f
 parser.add_argument("--max-tokens", type=int, default=16)
 parser.add_argument("--rounds", type=int, default=3, help="ABBA rounds per level (each side runs 2 x rounds times)")
 parser.add_argument("--models", default=None, help="where to build the tiny models (default: a temp dir)")
+SMOKE = {"in_flight": "1,8", "requests": 8, "max_tokens": 8, "rounds": 1}
+parser.add_argument("--smoke", action="store_true", help=f"a small run ({SMOKE}) that checks the sides agree")
 
 
 def start_server(model_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
@@ -96,9 +101,9 @@ def samples_table(n: int):
 
 
 def teacher_cfg(url: str, in_flight: int, max_tokens: int):
-    from adaptcot.answering import SamplingConfig
-    from adaptcot.teacher import TeacherConfig
-    from adaptcot.teacher_client import EndpointConfig
+    from adaptcot.grade.answering import SamplingConfig
+    from adaptcot.teach.client import EndpointConfig
+    from adaptcot.teach.teacher import TeacherConfig
     return TeacherConfig(name=MODEL_NAME, samples=1,
                          sampling=SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=max_tokens),
                          endpoint=EndpointConfig(base_url=url, model=MODEL_NAME, max_in_flight=in_flight,
@@ -107,7 +112,7 @@ def teacher_cfg(url: str, in_flight: int, max_tokens: int):
 
 def bare_bodies(samples, max_tokens: int) -> list[dict]:
     """The project's exact request bodies (same messages, sampling and extra body), built before timing."""
-    from adaptcot.answering import build_messages
+    from adaptcot.grade.answering import build_messages
     prompts = teacher_cfg("http://unused/v1", 1, max_tokens).prompt_config()
     return [{"model": MODEL_NAME, "messages": build_messages(row, prompts), "temperature": 0.0, "top_p": 1.0,
              "max_tokens": max_tokens, "ignore_eos": True} for row in samples.to_pylist()]
@@ -123,21 +128,27 @@ async def bare_client(url: str, bodies: list[dict], in_flight: int) -> list:
         return await asyncio.gather(*(one(b) for b in bodies), return_exceptions=True)
 
 
-def run_bare(url: str, bodies: list[dict], in_flight: int, max_tokens: int) -> tuple[float, float, list[str]]:
+def run_bare(url: str, bodies: list[dict], in_flight: int, max_tokens: int
+             ) -> tuple[float, float, list[str], list[int | None]]:
+    """(seconds, client CPU seconds, problems, the server's prompt token count of each request)."""
     t0, c0 = time.perf_counter(), time.process_time()
     replies = asyncio.run(bare_client(url, bodies, in_flight))
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    problems = []
+    problems, prompt_tokens = [], []
     for reply in replies:
-        if isinstance(reply, BaseException) or reply[0] != 200:
+        ok = not isinstance(reply, BaseException) and reply[0] == 200
+        prompt_tokens.append(reply[1]["usage"]["prompt_tokens"] if ok else None)
+        if not ok:
             problems.append(f"bare: request failed: {reply!r}"[:300])
         elif reply[1]["usage"]["completion_tokens"] != max_tokens:
             problems.append(f"bare: {reply[1]['usage']['completion_tokens']} completion tokens, not {max_tokens}")
-    return seconds, cpu, problems
+    return seconds, cpu, problems, prompt_tokens
 
 
-def run_project(url: str, samples, in_flight: int, max_tokens: int, out: Path) -> tuple[float, float, list[str]]:
-    from adaptcot.teacher import collect, teach_endpoint
+def run_project(url: str, samples, in_flight: int, max_tokens: int, out: Path
+                ) -> tuple[float, float, list[str], list[int | None]]:
+    """(seconds, client CPU seconds, problems, the server's prompt token count of each sample's request)."""
+    from adaptcot.teach.teacher import collect, teach_endpoint
     cfg = teacher_cfg(url, in_flight, max_tokens)
     t0, c0 = time.perf_counter(), time.process_time()
     report = teach_endpoint(samples, cfg, out)
@@ -154,7 +165,17 @@ def run_project(url: str, samples, in_flight: int, max_tokens: int, out: Path) -
     tokens = set(table["completion_tokens"].to_pylist())
     if tokens != {max_tokens}:
         problems.append(f"project: completion_tokens {sorted(tokens, key=str)}, expected all {max_tokens}")
-    return seconds, cpu, problems
+    stored = dict(zip(table["question_id"].to_pylist(), table["prompt_tokens"].to_pylist()))
+    return seconds, cpu, problems, [stored.get(q) for q in samples["question_id"].to_pylist()]
+
+
+def same_requests(n: int, bare: list[int | None], project: list[int | None], samples) -> list[str]:
+    """The two sides sent the same prompts: the server counted the same prompt tokens for each question."""
+    differ = [(q, b, p) for q, b, p in zip(samples["question_id"].to_pylist(), bare, project) if b != p]
+    if not differ:
+        return []
+    return [f"{n} in flight: {len(differ)} of {len(bare)} requests differ between the sides (prompt tokens bare/"
+            f"project), e.g. " + ", ".join(f"{q} {b}/{p}" for q, b, p in differ[:3])]
 
 
 def requests_at(base: int, in_flight: int) -> int:
@@ -174,14 +195,17 @@ def measure(a, url: str, work: Path) -> tuple[list[tuple], list[str]]:
     for n in levels:
         samples, bodies = all_samples.slice(0, counts[n]), all_bodies[:counts[n]]
         times, cpus = {"bare": [], "project": []}, {"bare": [], "project": []}
+        prompt_tokens = {}
         for i, side in enumerate(("bare", "project", "project", "bare") * a.rounds):  # ABBA, repeated
             if side == "bare":
-                seconds, cpu, found = run_bare(url, bodies, n, a.max_tokens)
+                seconds, cpu, found, tokens = run_bare(url, bodies, n, a.max_tokens)
             else:
-                seconds, cpu, found = run_project(url, samples, n, a.max_tokens, work / f"n{n}-run{i}")
+                seconds, cpu, found, tokens = run_project(url, samples, n, a.max_tokens, work / f"n{n}-run{i}")
+            prompt_tokens.setdefault(side, tokens)
             times[side].append(seconds)
             cpus[side].append(cpu * 1000 / counts[n])
             problems += [f"{n} in flight: {p}" for p in found]
+        problems += same_requests(n, prompt_tokens["bare"], prompt_tokens["project"], samples)
         bare, project = counts[n] / statistics.median(times["bare"]), counts[n] / statistics.median(times["project"])
         print(f"  {n:4} in flight, {counts[n]:5} requests: bare {bare:6.1f} req/s, project {project:6.1f} req/s; "
               f"wall s bare {'/'.join(f'{t:.2f}' for t in times['bare'])}, project "
@@ -192,8 +216,11 @@ def measure(a, url: str, work: Path) -> tuple[list[tuple], list[str]]:
 
 def main() -> None:
     a = parser.parse_args()
+    if a.smoke:
+        a.in_flight, a.requests, a.max_tokens, a.rounds = (SMOKE[k] for k in ("in_flight", "requests", "max_tokens",
+                                                                               "rounds"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` kills the server on a plain kill too
-    from adaptcot.tiny_models import build_tiny_models
+    from adaptcot.demo.tiny_models import build_tiny_models
     with tempfile.TemporaryDirectory(prefix="teacher_bench_") as tmp:
         work = Path(tmp)
         teacher = build_tiny_models(a.models or work / "models")["teacher"]
@@ -214,9 +241,10 @@ def main() -> None:
         ratio = project / bare
         print(f"{n:4} in flight: ratio {ratio:.3f} {'meets' if ratio >= TARGET else 'MISSES'} the target >= {TARGET}")
     if problems:
-        print(f"\n{len(problems)} problems:\n  " + "\n  ".join(problems[:20]))
-        sys.exit(1)
-    print("all requests answered with exactly max_tokens tokens; the project stored one row per request")
+        sys.exit(f"\nteacher_client: {len(problems)} problems (failed requests, or the sides disagree):\n  "
+                 + "\n  ".join(problems[:20]))
+    print("agreement: all requests answered with exactly max_tokens tokens, the same prompts on both sides; the "
+          "project stored one row per request")
 
 
 if __name__ == "__main__":

@@ -117,12 +117,7 @@ def world(work: Path, math: int, code: int) -> dict:
 
 def grade_config(work: Path, models: dict, concurrency=1, batch_size=4, max_tokens=48, mode="prm",
                  max_concurrent_batches=8, cpus_per_engine=1.0):
-    from adaptcot.grade.answering import (
-        EngineConfig,
-        ResourcesConfig,
-        SamplingConfig,
-        StudentConfig,
-    )
+    from adaptcot.grade.answering import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig
     from adaptcot.grade.grading import GradeConfig
     from adaptcot.grade.levels import GraderConfig
     from adaptcot.grade.prm import PRMConfig
@@ -167,12 +162,7 @@ def teach_kill(work: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from adaptcot.grade.answering import (
-        EngineConfig,
-        ResourcesConfig,
-        SamplingConfig,
-        StudentConfig,
-    )
+    from adaptcot.grade.answering import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig
     from adaptcot.pool.importer import read_pool
     from adaptcot.teach import teacher
 

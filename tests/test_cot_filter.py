@@ -11,14 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from adaptcot.common import schemas
-from adaptcot.teach.cot_filter import (
-    CoTFilterActor,
-    FilterConfig,
-    FilterReport,
-    JudgeConfig,
-    filter_cots,
-    parse_judgement,
-)
+from adaptcot.teach.cot_filter import (CoTFilterActor, FilterConfig, FilterReport, JudgeConfig, filter_cots,
+                                       parse_judgement)
 from adaptcot.verify.code_tests import CodeVerifier, CodeVerifyConfig
 from adaptcot.verify.math_answers import MathVerifier
 from adaptcot.verify.sandbox import SandboxConfig

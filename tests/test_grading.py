@@ -10,12 +10,7 @@ import pytest
 from adaptcot.demo.synthetic import math_rows, write_jsonl
 from adaptcot.demo.tiny_models import build_tiny_models
 from adaptcot.grade import bank, grading
-from adaptcot.grade.answering import (
-    EngineConfig,
-    ResourcesConfig,
-    SamplingConfig,
-    StudentConfig,
-)
+from adaptcot.grade.answering import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig
 from adaptcot.grade.grading import GradeConfig
 from adaptcot.grade.levels import GraderConfig
 from adaptcot.grade.prm import PRMConfig

@@ -14,12 +14,7 @@ import pytest
 from adaptcot.common import schemas
 from adaptcot.common.text import question_id
 from adaptcot.job.cli import main as cli
-from adaptcot.pool.importer import (
-    PoolImportConfig,
-    import_pool,
-    read_pool,
-    read_rejects,
-)
+from adaptcot.pool.importer import PoolImportConfig, import_pool, read_pool, read_rejects
 from adaptcot.pool.presets import MappingError
 from adaptcot.pool.sources import SourceError
 

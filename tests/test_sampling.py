@@ -12,16 +12,8 @@ from adaptcot.common import schemas
 from adaptcot.common.schemas import Level
 from adaptcot.common.text import normalise_text, question_id
 from adaptcot.grade import bank
-from adaptcot.sample import draw as sampling
-from adaptcot.sample.distributions import (
-    LEVEL_NAMES,
-    DistributionConfig,
-    DistributionError,
-    curriculum_distribution,
-    eval_distribution,
-    load_distribution,
-    save_distribution,
-)
+from adaptcot.sample.distributions import (LEVEL_NAMES, DistributionConfig, DistributionError, curriculum_distribution,
+                                           eval_distribution, load_distribution, save_distribution)
 from adaptcot.sample.draw import SampleConfig, allocate, draw, sample
 from adaptcot.sample.exclusions import exclusion_ids, order_key
 

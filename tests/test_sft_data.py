@@ -9,14 +9,7 @@ from pydantic import ValidationError
 
 from adaptcot.common.schemas import SAMPLES, SFT_RECORDS, TEACHER_COTS
 from adaptcot.grade.answering import StudentConfig, build_messages
-from adaptcot.sft.records import (
-    CAP_MARKER,
-    SFTConfig,
-    build_records,
-    build_sft,
-    split_answer_text,
-    write_records,
-)
+from adaptcot.sft.records import CAP_MARKER, SFTConfig, build_records, build_sft, split_answer_text, write_records
 
 MATH_Q = "What is 2 + 3 * 4?"
 MATH_REASONING = "First multiply: 3 * 4 = 12. Then add 2: 2 + 12 = 14. So the result is 14."

@@ -16,14 +16,7 @@ import pytest
 import yaml
 
 from adaptcot.common.schemas import SFT_RECORDS, SchemaError
-from adaptcot.sft.order import (
-    DatasetError,
-    cascod_pairs,
-    padding_fraction,
-    prepare,
-    tokenize_records,
-    training_order,
-)
+from adaptcot.sft.order import DatasetError, cascod_pairs, padding_fraction, prepare, tokenize_records, training_order
 from adaptcot.sft.train_config import TrainConfig
 from adaptcot.sft.trainer import SFTCollator, per_kind_losses
 
@@ -201,11 +194,10 @@ def test_config_errors_name_the_field():
 
 def test_the_optimizer_gets_the_configured_weight_decay_and_the_scheduler_its_warmup(tiny_models_dir, tmp_path):
     """What the workers' Trainer builds from the config, read back from its optimizer and scheduler."""
+    import torch.distributed as dist
     from transformers import AutoModelForCausalLM, Trainer
 
     from adaptcot.sft.trainer import training_arguments
-
-    import torch.distributed as dist
 
     config = TrainConfig(model="m", weight_decay=0.1, warmup_ratio=0.25, learning_rate=1e-3, lr_scheduler="linear",
                          per_device_batch_size=2)

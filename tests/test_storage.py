@@ -8,12 +8,7 @@ import pytest
 
 from adaptcot.common import schemas, storage
 from adaptcot.grade import bank
-from adaptcot.pool.importer import (
-    PoolImportConfig,
-    import_pool,
-    read_pool,
-    read_rejects,
-)
+from adaptcot.pool.importer import PoolImportConfig, import_pool, read_pool, read_rejects
 from adaptcot.teach import teacher
 
 

@@ -13,13 +13,7 @@ from teacher_fixtures import FaultProxy
 
 from adaptcot.grade.answering import SamplingConfig
 from adaptcot.teach.client import EndpointConfig, RetryConfig, split_reasoning
-from adaptcot.teach.teacher import (
-    TeacherConfig,
-    collect,
-    request_key,
-    stored_rows,
-    teach_endpoint,
-)
+from adaptcot.teach.teacher import TeacherConfig, collect, request_key, stored_rows, teach_endpoint
 
 
 def samples_table(n: int, start: int = 0) -> pa.Table:

@@ -5,18 +5,8 @@ import json
 import pyarrow as pa
 import pytest
 
-from adaptcot.verify.code_answers import (
-    extract_code,
-    outputs_match,
-    rewrite_asserts,
-    values_equal,
-)
-from adaptcot.verify.code_tests import (
-    CodeVerifier,
-    CodeVerifyActor,
-    CodeVerifyConfig,
-    verify_code_table,
-)
+from adaptcot.verify.code_answers import extract_code, outputs_match, rewrite_asserts, values_equal
+from adaptcot.verify.code_tests import CodeVerifier, CodeVerifyActor, CodeVerifyConfig, verify_code_table
 from adaptcot.verify.sandbox import SandboxConfig
 
 CONFIG = CodeVerifyConfig(sandbox=SandboxConfig(isolation="namespaces", timeout_s=2.0, memory_mb=256), workers=2)

@@ -6,15 +6,8 @@ import pyarrow as pa
 import pytest
 
 from adaptcot.common import schemas
-from adaptcot.verify.math_answers import (
-    VERDICTS,
-    MathVerifier,
-    MathVerifyActor,
-    Verdict,
-    is_choice,
-    verify_math,
-    verify_table,
-)
+from adaptcot.verify.math_answers import (VERDICTS, MathVerifier, MathVerifyActor, Verdict, is_choice, verify_math,
+                                          verify_table)
 
 # --- responses shaped like real model outputs ----------------------------------------------------------------------
 R1_STYLE = (  # DeepSeek-R1 / QwQ: long reasoning (with a rejected boxed guess) in <think>, then a short answer

@@ -1,4 +1,4 @@
-"""Train the local default's student, teacher and PRM on the arithmetic world (`adaptcot.world`), on the CPU.
+"""Train the local default's student, teacher and PRM on the arithmetic world (`adaptcot.demo.world`), on the CPU.
 
 Random tiny models (`tiny_models`) prove the plumbing; these make the method visible. All three are small Qwen2
 transformers trained from scratch here, with a byte-level BPE tokenizer trained on the world's text:

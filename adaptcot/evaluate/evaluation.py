@@ -1,5 +1,5 @@
 """Evaluation: a model answers benchmarks n times through `ray.data.llm`, answers are verified by the grading
-verifiers, and `eval_metrics` turns the per-sample rows into accuracy, pass@k, majority vote and token counts.
+verifiers, and `metrics.py` turns the per-sample rows into accuracy, pass@k, majority vote and token counts.
 
 A benchmark is a known name (`KNOWN_BENCHMARKS`, loaded from the Hugging Face hub with `datasets`) or a spec with a
 `source` (a local file or directory in any format `adaptcot pool import` reads, or `hf:NAME`) plus its domain and
@@ -17,8 +17,8 @@ Levels: with `levels.bank` set, each question's difficulty level for `levels.stu
 (questions not in the bank get none), so every metric is also reported per level.
 
 Majority vote groups math answers by their last \\boxed{} content with spaces removed, so equivalent answers written
-differently ("1/2", "0.5") vote apart; multiple-choice answers by the letter chosen (`verify_math.read_choice`).
-Code answers have no answer key (no majority vote).
+differently ("1/2", "0.5") vote apart; multiple-choice answers by the letter chosen
+(`verify/math_answers.py::read_choice`). Code answers have no answer key (no majority vote).
 """
 
 from __future__ import annotations
@@ -39,14 +39,8 @@ from adaptcot.common.runtime import collect_blocks
 from adaptcot.common.settings import Strict
 from adaptcot.evaluate import metrics as eval_metrics
 from adaptcot.grade import bank
-from adaptcot.grade.answering import (
-    SamplingConfig,
-    StudentConfig,
-    answer_processor,
-    build_messages,
-    expand_samples,
-    to_attempt_row,
-)
+from adaptcot.grade.answering import (SamplingConfig, StudentConfig, answer_processor, build_messages, expand_samples,
+                                      to_attempt_row)
 from adaptcot.pool.presets import last_boxed
 from adaptcot.sft.records import RATIONALE_PROMPT
 from adaptcot.verify.attempts import VerifyConfig, verify_dataset
@@ -192,12 +186,7 @@ def metrics_of(samples: pa.Table) -> dict:
 # --- Ray parts -------------------------------------------------------------------------------------------------------
 def load_benchmark(spec: BenchmarkSpec, out: str | Path) -> pa.Table:
     """Import the benchmark once into `<out>/benchmarks/<name>/` (pool format) and read its questions."""
-    from adaptcot.pool.importer import (
-        PoolImportConfig,
-        import_pool,
-        pool_files,
-        read_pool,
-    )
+    from adaptcot.pool.importer import PoolImportConfig, import_pool, pool_files, read_pool
 
     directory = storage.join(str(out), "benchmarks", spec.name)
     if not pool_files(directory):

@@ -13,12 +13,7 @@ import pyarrow.compute as pc
 
 from adaptcot.common import schemas, storage
 from adaptcot.grade import bank
-from adaptcot.grade.levels import (
-    QUESTION_STATS,
-    GraderConfig,
-    level_rows,
-    question_stats,
-)
+from adaptcot.grade.levels import QUESTION_STATS, GraderConfig, level_rows, question_stats
 
 
 def _attempt_flags(batch: pa.Table) -> pa.Table:

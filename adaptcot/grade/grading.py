@@ -10,7 +10,7 @@ One streaming Ray Data pipeline (the pool is never collected into one process):
 Part files are committed as they are written (step scores first, then the attempts part of the same name, which is
 the commit mark), so a killed run keeps what it finished and a rerun generates only the samples not yet stored.
 `finalize_bank` then turns the attempts of every question whose n samples are all stored into one bank row.
-A code question's program is run against its tests in the sandbox (`verify_code.py`); a sandbox fault makes the
+A code question's program is run against its tests in the sandbox (`verify/code_tests.py`); a sandbox fault makes the
 attempt `sandbox_error` with `correct` null, which, like an engine error, leaves the question ungradable, never failed.
 """
 
@@ -29,12 +29,7 @@ from adaptcot.common import schemas, storage
 from adaptcot.common.settings import Strict
 from adaptcot.common.terminal import bar
 from adaptcot.grade import bank
-from adaptcot.grade.answering import (
-    StudentConfig,
-    answer_processor,
-    expand_samples,
-    to_attempt_row,
-)
+from adaptcot.grade.answering import StudentConfig, answer_processor, expand_samples, to_attempt_row
 from adaptcot.grade.finalize import finalize_bank
 from adaptcot.grade.levels import GraderConfig, grader_id
 from adaptcot.grade.prm import PRMConfig, PRMScorer, check_prm
@@ -83,7 +78,8 @@ class GradeReport:
                f"{self.code_questions} code questions, {self.samples_todo} samples to generate, {self.generated} "
                f"generated ({self.generation_errors} errors), {self.newly_graded} newly graded, "
                f"{self.ungradable} ungradable"]
-        out.append("  bank levels (every question graded for this student): " + ", ".join(f"{k} {v}" for k, v in self.levels.items()))
+        out.append("  bank levels (every question graded for this student): "
+                   + ", ".join(f"{k} {v}" for k, v in self.levels.items()))
         return out
 
 

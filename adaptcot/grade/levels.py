@@ -82,7 +82,7 @@ def level_for(pass_rate: float | None, prm_score: float | None, grader: GraderCo
 
 GRADE_INPUT = ("question_id", "domain", "sample_index", "correct", "prm_score")
 # One row per question: what `question_stats` computes from its attempts, and what the distributed finalize step
-# computes with Ray Data aggregations (`grading.finalize_bank`); `level_rows` grades either.
+# computes with Ray Data aggregations (`finalize.finalize_bank`); `level_rows` grades either.
 QUESTION_STATS = pa.schema([pa.field("question_id", pa.string()), pa.field("domain", pa.string()),
                             pa.field("samples", pa.int64()), pa.field("decided", pa.int64()),
                             pa.field("right", pa.int64()), pa.field("prm_score", pa.float64())])

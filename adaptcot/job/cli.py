@@ -72,7 +72,7 @@ def cmd_job(args: argparse.Namespace) -> int:
     """A job command: one stage, `run` (every stage) or `ablate`, through `launch.launch`."""
     from adaptcot.job import ablation, pipeline, stages
 
-    cfg = _job(args)
+    cfg, uses_ray = _job(args), True
     if args.command == "run":
         work, checks = pipeline.run, pipeline.checks(cfg)
     elif args.command == "ablate":
@@ -83,12 +83,13 @@ def cmd_job(args: argparse.Namespace) -> int:
     else:
         name = args.command
         work, checks = _stages_work([name]), {name: stages.STAGES[name].check}
+        uses_ray = stages.STAGES[name].uses_ray  # build-sft reads and writes Parquet in this process
     for name in checks:
         section = stages.STAGES[name].section if name in stages.STAGES else None
         if section is not None and getattr(cfg, section) is None:
             print(f"adaptcot: error: {args.config} has no `{section}` section", file=sys.stderr)
             return launch.EXIT_BAD_INPUT
-    return launch.launch(args.command, cfg, work, checks, verbose=args.verbose)
+    return launch.launch(args.command, cfg, work, checks, verbose=args.verbose, uses_ray=uses_ray)
 
 
 def _stages_work(names: list[str]) -> Callable:
@@ -155,14 +156,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.model or not args.benchmarks:
         raise ValueError("eval: give --config (the job's student), or --model and --benchmarks")
     from adaptcot.common.runtime import set_cpu_env_defaults
-    from adaptcot.evaluate.evaluation import (
-        KNOWN_BENCHMARKS,
-        EvalConfig,
-        LevelsConfig,
-        evaluate,
-        format_metrics,
-        load_benchmark,
-    )
+    from adaptcot.evaluate.evaluation import (KNOWN_BENCHMARKS, EvalConfig, LevelsConfig, evaluate, format_metrics,
+                                              load_benchmark)
     from adaptcot.grade.answering import EngineConfig, ResourcesConfig, SamplingConfig
     from adaptcot.job.config import JobConfig, RayConfig
 

@@ -52,7 +52,7 @@ class SyntheticPoolConfig(Strict):
 
     enabled: bool = False
     # "templated": GSM8K- and APPS-shaped rows (math.jsonl, code.jsonl); "world": the arithmetic ladder of
-    # adaptcot.world: the pool (math.jsonl), a held-out eval split (eval.jsonl, also imported as the pool
+    # adaptcot.demo.world: the pool (math.jsonl), a held-out eval split (eval.jsonl, also imported as the pool
     # `eval_pool_out`, which a `kind: eval` distribution can name) and an out-of-distribution split (ood.jsonl).
     kind: Literal["templated", "world"] = "templated"
     math_questions: int = Field(default=200, ge=0)

@@ -55,7 +55,7 @@ def _keep_ray_logs(session_dir: str | None, folder: Path) -> None:
 
 def launch(command: str, cfg: JobConfig, work: Callable[[JobConfig], object],
            checks: dict[str, Callable[[JobConfig], None]] | None = None, argv: list[str] | None = None,
-           verbose: bool = False, config: dict | None = None) -> int:
+           verbose: bool = False, config: dict | None = None, uses_ray: bool = True) -> int:
     """Run `work(cfg)` as the command `command` (see the module docstring); the exit code. `checks` (stage name ->
     check) run first, before the run directory or Ray exist: a refused input creates nothing. `config` is what the
     provenance records (default: the job config)."""
@@ -75,7 +75,7 @@ def launch(command: str, cfg: JobConfig, work: Callable[[JobConfig], object],
     session = None
     with terminal.quiet(str(log)) if not verbose else contextlib.nullcontext():
         try:
-            session = runtime.init_ray(cfg.ray, progress_bars=verbose)
+            session = runtime.init_ray(cfg.ray, progress_bars=verbose) if uses_ray else None
             result = work(cfg)
             code, ending = 0, f"done in {terminal.duration(time.monotonic() - started)}"
             if isinstance(result, dict) and result.get("report"):

@@ -26,13 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from adaptcot.common import storage
-from adaptcot.evaluate.evaluation import (
-    EvalConfig,
-    LevelsConfig,
-    evaluate,
-    format_metrics,
-    load_benchmark,
-)
+from adaptcot.evaluate.evaluation import EvalConfig, LevelsConfig, evaluate, format_metrics, load_benchmark
 from adaptcot.evaluate.report import write_report
 from adaptcot.grade import grading
 from adaptcot.grade.grading import GradeReport
@@ -305,8 +299,7 @@ def check_eval(cfg: JobConfig) -> None:
     """Benchmark files must be readable before any model starts (each is imported once, then reused)."""
     config = eval_config(cfg, "before")
     for spec in config.specs():
-        if not spec.source.startswith(cfg.synthetic_pool.out):  # the job writes its own synthetic benchmarks
-            load_benchmark(spec, config.out)
+        load_benchmark(spec, config.out)
 
 
 def evaluate_before(cfg: JobConfig) -> EvalOutcome:

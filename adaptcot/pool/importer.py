@@ -1,6 +1,6 @@
 """Import question sources into a de-duplicated Parquet question pool.
 
-Stage contract: reads source rows (see `pool_sources`), writes `DIR/pool/*.parquet` (schema `POOL`) and
+Stage contract: reads source rows (see `sources.py`), writes `DIR/pool/*.parquet` (schema `POOL`) and
 `DIR/rejects/*.parquet` (schema `REJECTS`) and appends a record of the import to `DIR/manifest.json`.
 
 - `normalise_rows` is the pure step: raw rows in, (pool table, rejects table) out.
@@ -32,16 +32,8 @@ from pydantic import Field
 from adaptcot.common import schemas, storage
 from adaptcot.common.settings import Strict
 from adaptcot.common.text import normalise_text, question_id
-from adaptcot.pool.presets import (
-    ColumnMapping,
-    MappingError,
-    RowProblem,
-    multiple_choice,
-    read_answer,
-    read_tests,
-    resolve_mapping,
-    solution_text,
-)
+from adaptcot.pool.presets import (ColumnMapping, MappingError, RowProblem, multiple_choice, read_answer, read_tests,
+                                   resolve_mapping, solution_text)
 from adaptcot.pool.sources import RawRow, Source, batched, open_source
 
 NUM_BUCKETS = 64

@@ -4,19 +4,19 @@
   and its shortfall goes to the other levels; see its docstring and docs/sampling.md).
 - `draw`: within a level, questions in the order of sha256(f"{seed}:{question_id}"), first k taken. The same seed
   gives the same sample, and adding questions to the bank never reorders the questions already there.
-- `exclusion_ids` (decontamination against benchmark lists, by normalised text) and `previous_sample_ids`.
+- `exclusions.py`: decontamination against benchmark lists (by normalised text) and earlier samples.
 - `sample`: the driver, bank partition + pool -> `samples.parquet` (schema SAMPLES), `distribution.json`,
   `sample_report.json`, each published whole.
 
 Bank rows are restricted to the pool's questions, marked with the first exclusion rule that removes them and with
 their seeded order keys (`mark_exclusions`), counted per level and mark, and each block gives up its first `quota`
 questions per level (`first_per_level`); the first k per level are then taken among those few, which is the same as
-`draw` over the whole partition. A partition of up to `bank.IN_PROCESS_MAX_ROWS` rows is drawn in this process; a larger
-one on Ray Data (a distributed semi-join with the pool, blocks marked in parallel, a group-by for the counts), so a
-bank of tens of millions of questions is never held by one process (`benchmarks/bank_scale.py`). Both give the same
-sample. The pool is read again only for the drawn questions. Not covered: stratifying by domain or source (a
-mixed bank is drawn by level only), and fuzzy or n-gram decontamination (only exact matches of the identity key
-of `adaptcot.text`, i.e. equal up to case, whitespace and Unicode compatibility forms).
+`draw` over the whole partition. A partition of up to `bank.IN_PROCESS_MAX_ROWS` rows is drawn in this process;
+a larger one on Ray Data (a distributed semi-join with the pool, blocks marked in parallel, a group-by for the
+counts), so a bank of tens of millions of questions is never held by one process (`benchmarks/bank_scale.py`).
+Both give the same sample. The pool is read again only for the drawn questions. Not covered: stratifying by domain
+or source (a mixed bank is drawn by level only), and fuzzy or n-gram decontamination (only exact matches of the
+identity key of `adaptcot.common.text`, i.e. equal up to case, whitespace and Unicode compatibility forms).
 """
 
 from __future__ import annotations
@@ -37,20 +37,9 @@ from adaptcot.common.schemas import Level
 from adaptcot.common.settings import Strict
 from adaptcot.grade import bank
 from adaptcot.pool.importer import pool_files
-from adaptcot.sample.distributions import (
-    LEVEL_NAMES,
-    Distribution,
-    DistributionConfig,
-    build_distribution,
-    eval_pool_ids,
-    save_distribution,
-)
-from adaptcot.sample.exclusions import (
-    exclusion_ids,
-    mark_exclusions,
-    order_key,
-    previous_sample_ids,
-)
+from adaptcot.sample.distributions import (LEVEL_NAMES, Distribution, DistributionConfig, build_distribution,
+                                           eval_pool_ids, save_distribution)
+from adaptcot.sample.exclusions import exclusion_ids, mark_exclusions, order_key, previous_sample_ids
 
 BANK_COLUMNS = ["question_id", "domain", "student", "grader_id", "level", "difficulty_rank"]
 QUESTION_FIELDS = ["question", "reference_answer", "tests", "starter_code"]

@@ -1,9 +1,9 @@
 """SFT data: verified teacher CoTs -> chat records for the student (schema SFT_RECORDS), written as Parquet.
 
 Record kinds (`SFT_RECORD_KINDS`, METHOD.md §2; docs/sft_data.md has examples):
-- `cot`: user = the question in the student's prompt format (the same text `answering.build_messages` asks at grading
-  and evaluation time) -> assistant = "<think>\\n{reasoning}\\n</think>\\n\\n{answer_text}" (trace "keep"), the
-  answer text alone ("strip"), or the reasoning cut to `cap_words` words plus `CAP_MARKER` ("cap").
+- `cot`: user = the question in the student's prompt format (the same text `grade/answering.py::build_messages`
+  asks at grading and evaluation time) -> assistant = "<think>\\n{reasoning}\\n</think>\\n\\n{answer_text}" (trace
+  "keep"), the answer text alone ("strip"), or the reasoning cut to `cap_words` words plus `CAP_MARKER` ("cap").
 - `cascod_rationale` (q -> r) and `cascod_answer` (q, r -> a): CasCoD's two steps. r is the teacher's reasoning
   (cut under "cap"); a is the answer text (math) or the final program as one ```python block (code). When there is
   no separate reasoning, or trace is "strip", the answer text is split: r = what precedes the sentence holding the
@@ -35,13 +35,7 @@ import pyarrow as pa
 from pydantic import model_validator
 
 from adaptcot.common import storage
-from adaptcot.common.schemas import (
-    SFT_RECORD_KINDS,
-    SFT_RECORDS,
-    SchemaError,
-    require_columns,
-    tests_to_json,
-)
+from adaptcot.common.schemas import SFT_RECORD_KINDS, SFT_RECORDS, SchemaError, require_columns, tests_to_json
 from adaptcot.common.settings import Strict
 from adaptcot.grade.answering import CODE_PROMPT, MATH_PROMPT, code_io_format
 from adaptcot.verify.code_answers import extract_code

@@ -207,10 +207,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     import ray.train
     import torch
-    from ray.train.huggingface.transformers import (
-        RayTrainReportCallback,
-        prepare_trainer,
-    )
+    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = TrainConfig(**config["train"])

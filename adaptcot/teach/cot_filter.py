@@ -8,8 +8,8 @@ sampled questions they answer (`schemas.SAMPLES` columns), and returns the same 
 2. `truncated`: `finish_reason == "length"` (if `drop_truncated`);
 3. `too_long`: `completion_tokens > max_completion_tokens` (if set; a row without a token count is not dropped);
 4. `bad_format` (if `require_format`): no answer the rules can read, verdict `no_answer`: for math, no `\\boxed{}`,
-   answer marker or bare one-line answer (what `verify_math` reads); for code, no fenced python block (even when
-   the code verifier's `whole_response_fallback` is on: SFT data should teach the fenced form);
+   answer marker or bare one-line answer (what `verify/math_answers.py` reads); for code, no fenced python block
+   (even when the code verifier's `whole_response_fallback` is on: SFT data should teach the fenced form);
 5. verification of `answer_text` (the text after the reasoning): math by `MathVerifier`, code by `CodeVerifier`
    running the question's tests; then, for math rows whose verdict is in `judge.on`, the LLM judge;
    `wrong_answer` if `correct` is false, `undecided` if it is still null (verifier timeout or error, sandbox error,
@@ -42,13 +42,7 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
 from adaptcot.common.runtime import collect_blocks
-from adaptcot.common.schemas import (
-    DROP_REASONS,
-    LEVELS_EASIEST_FIRST,
-    TEACHER_COTS,
-    SchemaError,
-    require_columns,
-)
+from adaptcot.common.schemas import DROP_REASONS, LEVELS_EASIEST_FIRST, TEACHER_COTS, SchemaError, require_columns
 from adaptcot.common.settings import ActorPoolSize, Strict
 from adaptcot.teach.client import EndpointConfig, complete_all
 from adaptcot.verify.code_answers import extract_code

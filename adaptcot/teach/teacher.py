@@ -13,9 +13,10 @@ that last chunk. A request that failed
 after all its retries is journaled with its error and asked again by the next run (failures are not billed).
 
 - `endpoint`: any OpenAI-compatible chat endpoint (DeepSeek, OpenAI, vLLM or SGLang servers) through
-  `teacher_client.ChatClient`, from the driver: one process keeps hundreds of requests in flight.
+  `client.ChatClient`, from the driver: one process keeps hundreds of requests in flight.
 - `vllm`: an in-cluster model through `ray.data.llm` (the same processor as student answering).
-The teacher sees the student's prompts (`answering.build_messages`), so its CoTs answer what the student is asked.
+The teacher sees the student's prompts (`grade/answering.py::build_messages`), so its CoTs answer what the student
+is asked.
 """
 
 from __future__ import annotations
@@ -35,19 +36,8 @@ from pydantic import Field, model_validator
 from adaptcot.common import schemas, storage
 from adaptcot.common.settings import Strict
 from adaptcot.common.terminal import bar
-from adaptcot.grade.answering import (
-    CODE_PROMPT,
-    MATH_PROMPT,
-    SamplingConfig,
-    StudentConfig,
-    build_messages,
-)
-from adaptcot.teach.client import (
-    ChatClient,
-    ChatResult,
-    EndpointConfig,
-    split_reasoning,
-)
+from adaptcot.grade.answering import CODE_PROMPT, MATH_PROMPT, SamplingConfig, StudentConfig, build_messages
+from adaptcot.teach.client import ChatClient, ChatResult, EndpointConfig, split_reasoning
 
 
 class PricesConfig(Strict):
@@ -55,7 +45,8 @@ class PricesConfig(Strict):
     output_usd_per_mtok: float = Field(default=0.0, ge=0)  # reasoning tokens are billed as output
 
     def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float:
-        return ((prompt_tokens or 0) * self.input_usd_per_mtok + (completion_tokens or 0) * self.output_usd_per_mtok) / 1e6
+        return ((prompt_tokens or 0) * self.input_usd_per_mtok
+                + (completion_tokens or 0) * self.output_usd_per_mtok) / 1e6
 
 
 class TeacherConfig(Strict):

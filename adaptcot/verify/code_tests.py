@@ -35,14 +35,8 @@ from pydantic import Field
 
 from adaptcot.common.schemas import require_columns
 from adaptcot.common.settings import ActorPoolSize, Strict
-from adaptcot.verify.code_answers import (
-    AssertPlan,
-    decode_value,
-    extract_code,
-    outputs_match,
-    rewrite_asserts,
-    values_equal,
-)
+from adaptcot.verify.code_answers import (AssertPlan, decode_value, extract_code, outputs_match, rewrite_asserts,
+                                          values_equal)
 from adaptcot.verify.sandbox import Sandbox, SandboxConfig
 from adaptcot.verify.sandbox_runner import EXIT_MEMORY
 

@@ -4,8 +4,8 @@ Each input row (JSONL or Parquet; format in docs/verification.md) holds a `respo
 `reference_answer` or code `tests`; the output is every input row with `verdict`, `correct`, `verify_detail`,
 `tests_passed` and `tests_total` added, in input order. A row that cannot be verified (no response, no reference
 or tests, tests of an unknown kind) goes to a rejects file next to the output with its reason; the run goes on.
-Math goes through `verify_math.MathVerifier` (time-limited worker processes), code through
-`verify_code.CodeVerifier` (warm sandboxes). Runs locally without Ray; Ray jobs use the stages' actors instead.
+Math goes through `math_answers.MathVerifier` (time-limited worker processes), code through
+`code_tests.CodeVerifier` (warm sandboxes). Runs locally without Ray; Ray jobs use the stages' actors instead.
 """
 
 from __future__ import annotations

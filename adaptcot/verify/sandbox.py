@@ -14,7 +14,7 @@ Where bubblewrap or user namespaces are unavailable, `isolation: auto` falls bac
 rlimits, a scrubbed environment, a temporary directory and process groups, and logs a loud warning: that fallback
 does not stop network access or reads of the host's files. `isolation: namespaces` refuses to run instead.
 
-The runner reports what it observed; verdicts are decided by the caller (`verify_code.py`), which keeps the
+The runner reports what it observed; verdicts are decided by the caller (`code_tests.py`), which keeps the
 expected outputs: they never enter the sandbox.
 """
 
