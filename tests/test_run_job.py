@@ -106,6 +106,9 @@ def test_the_job_runs_with_its_run_dir_in_a_bucket_and_resumes_there(bucket, tmp
         "benchmarks"]["synthetic-math"]
     assert "data-figure='levels'" in storage.read_text(f"{run_dir}/report.html")
     assert not Path(run_dir.replace("s3://", "")).exists()  # nothing went to a local directory of that name
+    # The logs were written locally while the job ran, then copied into the bucket's run directory.
+    logs = storage.list_files(f"{run_dir}/logs", "adaptcot.log", recursive=True)
+    assert len(logs) == 1 and "[grade] done" in storage.read_text(logs[0]) and storage.exists(f"{run_dir}/config.yaml")
 
     again = run_job(run_dir, *overrides)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -25,8 +25,11 @@ _err = None  # where bars draw while quiet() is open (None: sys.stderr)
 
 
 def say(line: str = "", error: bool = False) -> None:
-    """A line on the terminal: stdout, or stderr for an error."""
+    """A line on the terminal: stdout, or stderr for an error. While quiet, the log gets it too (what was running
+    when something was logged)."""
     print(line, file=(_err or sys.stderr) if error else (_out or sys.stdout), flush=True)
+    if _out is not None:
+        os.write(1, f"{line}\n".encode())
 
 
 def bar(total: int | None = None, desc: str = "", unit: str = "it"):

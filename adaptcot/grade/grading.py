@@ -210,7 +210,7 @@ def run_pipeline(cfg: GradeConfig, gid: str, todo, samples: int) -> tuple[int, i
                                    "gid": gid, "prm_name": prm_name}, batch_format="pyarrow", num_cpus=light)
     # Consumed as they come, so a finished block's count is in the driver before a node that holds it can die.
     generated = errors = 0
-    with bar(samples, f"grade {student.display_name}", "sample") as progress:
+    with bar(samples, f"grade {student.display_name} on {storage.name(cfg.pool)}", "sample") as progress:
         for t in written.iter_batches(batch_format="pyarrow", batch_size=None):
             done = pc.sum(t["written"]).as_py() or 0
             generated, errors = generated + done, errors + (pc.sum(t["errors"]).as_py() or 0)

@@ -31,7 +31,7 @@ from typing import Callable
 from adaptcot.common import provenance, runtime, storage, terminal
 from adaptcot.job.config import JobConfig
 
-EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 # What a stage raises when its input is wrong (a missing file, a bad dataset or value): exit 2, like a bad config.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 
@@ -54,8 +54,8 @@ def _keep_ray_logs(session_dir: str | None, folder: Path) -> None:
 
 
 def launch(command: str, cfg: JobConfig, work: Callable[[JobConfig], object],
-           checks: dict[str, Callable[[JobConfig], None]] | None = None, argv: list[str] | None = None,
-           verbose: bool = False, config: dict | None = None, uses_ray: bool = True) -> int:
+           checks: dict[str, Callable[[JobConfig], None]] | None = None, verbose: bool = False,
+           config: dict | None = None, uses_ray: bool = True) -> int:
     """Run `work(cfg)` as the command `command` (see the module docstring); the exit code. `checks` (stage name ->
     check) run first, before the run directory or Ray exist: a refused input creates nothing. `config` is what the
     provenance records (default: the job config)."""
@@ -68,7 +68,7 @@ def launch(command: str, cfg: JobConfig, work: Callable[[JobConfig], object],
             return EXIT_BAD_INPUT
     folder = log_folder(cfg, command)
     log = folder / "adaptcot.log"
-    record = provenance.record(command, list(sys.argv if argv is None else argv), config or cfg.model_dump(mode="json"))
+    record = provenance.record(command, list(sys.argv), config or cfg.model_dump(mode="json"))
     provenance.write(record, cfg.run_dir, str(folder))
     terminal.say(f"adaptcot {command}: {cfg.run_dir}")
     terminal.say(f"  logs: {log}")
@@ -87,6 +87,9 @@ def launch(command: str, cfg: JobConfig, work: Callable[[JobConfig], object],
         except Exception as e:
             traceback.print_exc()
             code, ending = EXIT_FAILED, f"failed: {type(e).__name__}: {e} (log: {log})"
+        except KeyboardInterrupt:
+            traceback.print_exc()
+            code, ending = EXIT_INTERRUPTED, "interrupted (running it again resumes: finished work is kept)"
         finally:
             if session is not None:  # a cluster of our own: stop it while its output still goes to the log
                 import ray
@@ -97,13 +100,6 @@ def launch(command: str, cfg: JobConfig, work: Callable[[JobConfig], object],
         storage.upload_tree(str(folder), storage.join(cfg.run_dir, "logs", folder.name))
     terminal.say(f"adaptcot {command}: {ending}", error=code != 0)
     return code
-
-
-def job_parser(doc: str) -> argparse.ArgumentParser:
-    """The flags of every job command; `doc` (the entrypoint's docstring, with its run commands) is the --help."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_job_flags(p)
-    return p
 
 
 def add_job_flags(p: argparse.ArgumentParser) -> None:

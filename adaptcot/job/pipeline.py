@@ -17,7 +17,7 @@ from adaptcot.job.config import JobConfig
 
 ORDER = ("models", "import", "grade", "eval-before", "sample", "teach", "build-sft", "train", "eval-after", "report")
 # What each stage's start line says it is doing.
-DOING = {"models": "building the tiny student, teacher and PRM (cached after the first run)",
+DOING = {"models": "the student, teacher and PRM, built on the spot (later runs reuse them)",
          "import": "importing the question pool", "grade": "the student answers the pool; answers are verified, "
          "wrong ones scored by the PRM, each question gets a level", "eval-before": "evaluating the student",
          "sample": "drawing questions by the difficulty distribution", "teach": "teacher CoTs, then verification",

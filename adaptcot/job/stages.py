@@ -57,7 +57,7 @@ class ModelsReport:
     paths: dict[str, str]
 
     def lines(self) -> list[str]:
-        return [f"{name}: {path}" for name, path in self.paths.items()]
+        return [", ".join(f"{name} {path}" for name, path in self.paths.items())]
 
     def summary(self) -> dict:
         return self.paths
@@ -123,8 +123,8 @@ class ImportsReport:
     def lines(self) -> list[str]:
         out = []
         for imp, report in self.imports:
-            out.append(f"{imp.domain} {', '.join(storage.name(s) for s in imp.sources)} -> {imp.out}")
-            out += ["  " + line for line in report.lines()]
+            first, *rest = report.lines()
+            out += [f"{imp.domain} {', '.join(storage.name(s) for s in imp.sources)} -> {imp.out}: {first}", *rest]
         return out
 
     def summary(self) -> list[dict]:

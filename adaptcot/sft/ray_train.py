@@ -46,8 +46,9 @@ class TrainReport:
 
     def lines(self) -> list[str]:
         resumed = f" (resumed from step {self.resumed_from_step})" if self.resumed_from_step else ""
+        loss = "none" if self.final_loss is None else f"{self.final_loss:.4f}"
         return [f"run {self.run_name}: {self.global_step} steps in {self.seconds:.0f} s{resumed}, "
-                f"final loss {self.final_loss}; model in {self.model_dir}"]
+                f"final loss {loss}; model in {self.model_dir}"]
 
     def as_dict(self) -> dict:
         return asdict(self)
