@@ -103,3 +103,11 @@ def test_train_section_needs_records_and_a_model(tmp_path):
     path.write_text(yaml.safe_dump({**data, "train": {"data": "x.parquet"}}))
     with pytest.raises(ConfigError, match="`train.model` or a `grade` section"):
         load_config(path)
+
+
+def test_the_command_says_its_version(capsys):
+    from adaptcot.common.provenance import version
+
+    with pytest.raises(SystemExit) as e:
+        cli(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"adaptcot {version()}" != "adaptcot unknown"

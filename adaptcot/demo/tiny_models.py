@@ -48,12 +48,12 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
-# Head size 32 in every model: vLLM's CPU attention supports head sizes 32, 64, ... but not 16.
 def qwen2_shape(hidden: int, ffn: int, layers: int, heads: int, kv_heads: int) -> dict:
     return dict(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads,
                 num_key_value_heads=kv_heads)
 
 
+# Head size 32 in every model: vLLM's CPU attention supports head sizes 32, 64, ... but not 16.
 _SHAPES = {"student": qwen2_shape(64, 128, 2, 2, 1), "teacher": qwen2_shape(128, 256, 4, 4, 2),
            "prm": qwen2_shape(64, 128, 2, 2, 1)}
 # Distinct seed offsets so the PRM backbone is not a copy of the student's (they have the same shape).
