@@ -99,15 +99,19 @@ def kill_engine_node(cluster, workers, job, after_s: float = 3.0) -> dict:
     return out
 
 
-def world(work: Path, math: int, code: int) -> dict:
+def world(work: Path, math: int, code: int, math_files: int = 1) -> dict:
+    """Tiny models and a pool of `math` + `code` questions; the math ones imported in `math_files` imports, so the
+    pool has that many files (each is a block of the grading dataset: a block goes to one engine at a time)."""
     from adaptcot.demo.synthetic import code_rows, math_rows, write_jsonl
     from adaptcot.demo.tiny_models import build_tiny_models
     from adaptcot.pool.importer import PoolImportConfig, import_pool
 
     models = build_tiny_models(work / "models")
-    write_jsonl(math_rows(math, seed=11), work / "math.jsonl")
-    import_pool(PoolImportConfig(sources=[str(work / "math.jsonl")], domain="math", out=str(work / "pool"),
-                                 preset="gsm8k"))
+    rows = list(math_rows(math, seed=11))
+    for i in range(math_files):
+        write_jsonl(iter(rows[i::math_files]), work / f"math-{i}.jsonl")
+        import_pool(PoolImportConfig(sources=[str(work / f"math-{i}.jsonl")], domain="math", out=str(work / "pool"),
+                                     preset="gsm8k"))
     if code:
         write_jsonl(code_rows(code, seed=12), work / "code.jsonl")
         import_pool(PoolImportConfig(sources=[str(work / "code.jsonl")], domain="code", out=str(work / "pool"),
@@ -150,9 +154,10 @@ def grade_result(cfg) -> dict:
 def grade_kill(work: Path) -> dict:
     from adaptcot.grade import grading
 
-    models = world(work, math=24, code=4)
+    # Enough answers that the engine is still generating when its node is killed, 3 s after it came up.
+    models = world(work, math=60, code=4)
     cluster, workers = start_cluster([2, 2])
-    cfg = grade_config(work, models)
+    cfg = grade_config(work, models, max_tokens=64)
     run = kill_engine_node(cluster, workers, lambda: grading.grade(cfg))
     return {**grade_result(cfg), "killed_at": run.get("killed_at"), "finished": run["finished"],
             "report": grading.report_dict(run["value"])}
@@ -188,7 +193,8 @@ def teach_kill(work: Path) -> dict:
 def autoscale(work: Path) -> dict:
     from adaptcot.grade import grading
 
-    models = world(work, math=120, code=0)
+    # Six pool files: six blocks to share out (a block is answered by one engine; `select_todo` keeps a file whole).
+    models = world(work, math=120, code=0, math_files=6)
     cluster, _ = start_cluster([2])  # room for one engine (1.5 CPUs) and the light stages
     # No PRM, long answers, one sample per batch: the engines are the bottleneck, so more of them help.
     cfg = grade_config(work, models, concurrency=(1, 3), batch_size=1, max_tokens=256, mode="pass_rate",
