@@ -111,3 +111,18 @@ def test_the_command_says_its_version(capsys):
     with pytest.raises(SystemExit) as e:
         cli(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"adaptcot {version()}" != "adaptcot unknown"
+
+
+def test_the_resolved_config_a_run_writes_loads_again_to_the_same_paths(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(CONFIGS[0].parent / "local.yaml", ["run_dir=runs/r1"])
+    assert cfg.run_dir == str(tmp_path / "runs" / "r1")
+    assert cfg.grade.student.model == str(tmp_path / "runs" / "r1" / "models" / "student")  # {run_dir} filled in
+    assert (cfg.grade.pool, cfg.train.data) == (cfg.path("pool"), cfg.path("sft", "sft_records.parquet"))
+    written = tmp_path / "config.yaml"
+    written.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # nothing in it is relative any more
+    assert load_config(written) == cfg

@@ -12,6 +12,7 @@ directory; the run's own folders (`pool.out`, `tiny_models.out`, `synthetic_pool
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,9 +127,11 @@ class JobConfig(Strict):
     @model_validator(mode="before")
     @classmethod
     def _fill_run_dir(cls, data: Any) -> Any:
-        """`{run_dir}` in any string of the config is the run directory."""
+        """`{run_dir}` in any string of the config is the run directory, made absolute (so the resolved config that
+        a run writes, `config.yaml`, loads again to the same paths, from any working directory)."""
         if isinstance(data, dict) and isinstance(data.get("run_dir"), str):
-            return _substitute(data, "{run_dir}", data["run_dir"])
+            run_dir = data["run_dir"] if storage.is_remote(data["run_dir"]) else os.path.abspath(data["run_dir"])
+            return _substitute({**data, "run_dir": run_dir}, "{run_dir}", run_dir)
         return data
 
     @model_validator(mode="after")

@@ -16,15 +16,6 @@ from adaptcot.job import ablation, stages
 from adaptcot.job.config import JobConfig
 
 ORDER = ("models", "import", "grade", "eval-before", "sample", "teach", "build-sft", "train", "eval-after", "report")
-# What each stage's start line says it is doing.
-DOING = {"models": "the student, teacher and PRM, built on the spot (later runs reuse them)",
-         "import": "importing the question pool", "grade": "the student answers the pool; answers are verified, "
-         "wrong ones scored by the PRM, each question gets a level", "eval-before": "evaluating the student",
-         "sample": "drawing questions by the difficulty distribution", "teach": "teacher CoTs, then verification",
-         "build-sft": "SFT records from the kept CoTs", "train": "fine-tuning the student (Ray Train)",
-         "eval-after": "evaluating the trained student", "report": "writing the report"}
-
-
 def wanted(cfg: JobConfig, name: str) -> bool:
     """Whether the job runs this stage: its section is present (and, for some, switched on)."""
     if name == "models":
@@ -46,7 +37,7 @@ def run_stage(cfg: JobConfig, name: str, summary: dict, check: bool = True):
     """One stage between its start and end lines; its summary into `summary["stages"][name]`. `check`: run the
     stage's check first (the launcher ran it already for a command of one stage)."""
     stage = stages.STAGES[name]
-    with terminal.stage(name, DOING.get(name, "")) as shown:
+    with terminal.stage(name, stage.doing) as shown:
         if check:
             stage.check(cfg)
         report = stage.run(cfg)

@@ -47,6 +47,7 @@ class Stage:
     name: str                                   # what the terminal, the logs and `run_summary.json` call it
     section: str | None                         # the config section it needs (None: always runs)
     run: Callable[[JobConfig], Any]             # Ray is up (when `uses_ray`); returns a report
+    doing: str = ""                             # what its start line says
     check: Callable[[JobConfig], None] = lambda cfg: None  # before Ray starts
     uses_ray: bool = True
 
@@ -326,14 +327,16 @@ def report(cfg: JobConfig) -> ReportPage:
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage("models", "tiny_models", build_models),
-    Stage("import", None, import_pools, check=check_imports),
-    Stage("grade", "grade", grade, check=check_grade),
-    Stage("eval-before", "eval", evaluate_before, check=check_eval),
-    Stage("sample", "sample", sample),
-    Stage("teach", "teacher", teach),
-    Stage("build-sft", "sft", build_sft_records, uses_ray=False),
-    Stage("train", "train", train),
-    Stage("eval-after", "eval", evaluate_after, check=check_eval),
-    Stage("report", None, report, uses_ray=False),
+    Stage("models", "tiny_models", build_models, "the student, teacher and PRM, built on the spot (later runs "
+          "reuse them)"),
+    Stage("import", None, import_pools, "importing the question pool", check=check_imports),
+    Stage("grade", "grade", grade, "the student answers the pool; answers are verified, wrong ones scored by the "
+          "PRM, each question gets a level", check=check_grade),
+    Stage("eval-before", "eval", evaluate_before, "evaluating the student", check=check_eval),
+    Stage("sample", "sample", sample, "drawing questions by the difficulty distribution"),
+    Stage("teach", "teacher", teach, "teacher CoTs, then verification"),
+    Stage("build-sft", "sft", build_sft_records, "SFT records from the kept CoTs", uses_ray=False),
+    Stage("train", "train", train, "fine-tuning the student (Ray Train)"),
+    Stage("eval-after", "eval", evaluate_after, "evaluating the trained student", check=check_eval),
+    Stage("report", None, report, "writing the report", uses_ray=False),
 )}
