@@ -19,7 +19,9 @@ def run_job(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "adaptcot", "run", "--config", str(ROOT / "configs" / "plumbing.yaml"),
            "--set", f"run_dir={run_dir}", "--set", "synthetic_pool.math_questions=30",
            "--set", "synthetic_pool.code_questions=8", *[a for o in overrides for a in ("--set", o)]]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    # Bytes, decoded here: text mode would turn a progress bar's "\r" redraws into new lines.
+    done = subprocess.run(cmd, capture_output=True, timeout=600, cwd=ROOT)
+    return subprocess.CompletedProcess(cmd, done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
 @pytest.mark.slow

@@ -39,7 +39,9 @@ def cli(command: str, run_dir: Path, models: Path, *overrides: str) -> subproces
     sets = [f"run_dir={run_dir}", *REDUCED, *overrides]
     cmd = [sys.executable, "-m", "adaptcot", command, "--config", str(LOCAL), *[a for o in sets
                                                                                     for a in ("--set", o)]]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    # Bytes, decoded here: text mode would turn a progress bar's "\r" redraws into new lines.
+    done = subprocess.run(cmd, capture_output=True, timeout=1800, cwd=ROOT)
+    return subprocess.CompletedProcess(cmd, done.returncode, done.stdout.decode(), done.stderr.decode())
 
 
 @pytest.mark.slow
