@@ -10,7 +10,7 @@ process of its own (a Cluster cannot share a process with the test session's Ray
   the engine is killed mid-inference the same way. Every (question, sample) must be stored exactly once.
 - autoscale: grading (pass-rate levels, long answers: the engines are the bottleneck) starts on one small worker
   node with room for one engine and the engine pool at [1, 3]; two more nodes join while it runs. Reports how many
-  engines ran at once at the most, and on how many nodes.
+  engines were placed and on how many nodes, and how many ran at once at the most.
 The head node has no CPUs: it holds the driver only, so every stage's actors live on the worker nodes.
 """
 
@@ -50,8 +50,9 @@ def engine_actors() -> list[dict]:
     table (`ray.util.state` would need a dashboard on the head; this keeps the head to the driver alone)."""
     import ray._private.state
 
-    return [{"state": a.get("State"), "node_id": (a.get("Address") or {}).get("NodeID")}
-            for a in ray._private.state.actors().values() if ENGINE_CLASS in (a.get("ActorClassName") or "")]
+    return [{"id": actor_id, "state": a.get("State"), "node_id": (a.get("Address") or {}).get("NodeID")}
+            for actor_id, a in ray._private.state.actors().items()
+            if ENGINE_CLASS in (a.get("ActorClassName") or "")]
 
 
 def node_running_engine(cluster, workers):
@@ -206,24 +207,27 @@ def autoscale(work: Path) -> dict:
     thread, out = in_background(lambda: grading.grade(cfg))
     while not engine_actors() and thread.is_alive():
         time.sleep(0.2)
-    added, peak_alive, alive_nodes = [], 0, set()
+    added, peak_alive, alive_nodes, placed = [], 0, set(), {}
     for _ in range(2):  # capacity arrives while the job runs
         if thread.is_alive():
             cluster.add_node(num_cpus=2)
             added.append(time.time())
             time.sleep(2)
-    while thread.is_alive():  # how many engines run at once, and where
-        alive = [a for a in engine_actors() if a["state"] == "ALIVE"]
+    while thread.is_alive():  # where engines were placed, how many ran at once, and where
+        actors = engine_actors()
+        placed |= {a["id"]: a["node_id"] for a in actors if a["node_id"]}
+        alive = [a for a in actors if a["state"] == "ALIVE"]
         peak_alive = max(peak_alive, len(alive))
         alive_nodes |= {a["node_id"] for a in alive}
-        time.sleep(0.5)
+        time.sleep(0.2)
     thread.join()
     if "error" in out:
         raise RuntimeError(out["error"])
     report, finished = out["value"], out["finished"]
     actors = engine_actors()
     return {**grade_result(cfg), "report": grading.report_dict(report), "nodes_added": len(added),
-            "engines": len(actors), "peak_alive_engines": peak_alive, "engine_nodes": len(alive_nodes),
+            "engines": len(actors), "engines_placed": len(placed), "placement_nodes": len(set(placed.values())),
+            "peak_alive_engines": peak_alive, "engine_nodes": len(alive_nodes),
             "added_before_end": sum(t < finished for t in added)}
 
 
