@@ -64,6 +64,23 @@ def test_ray_sees_the_gpus_the_pods_get(name):
             == limits.get("nvidia.com/gpu")
 
 
+@pytest.mark.parametrize("name", sorted(KUBERAY))
+def test_worker_pods_give_the_code_sandbox_what_it_needs(name):
+    """Verifier actors run on the workers, and the sandbox fails closed: without a user namespace for the pod, an
+    unmasked /proc and no runtime seccomp/AppArmor profile in the way, bubblewrap cannot start and the job stops."""
+    for g in cluster_spec(KUBERAY[name])["workerGroupSpecs"]:
+        assert g["template"]["spec"].get("hostUsers") is False, g["groupName"]
+        context = container(g).get("securityContext", {})
+        assert context.get("procMount") == "Unmasked", g["groupName"]
+        assert context.get("seccompProfile") == {"type": "Unconfined"}, g["groupName"]
+        assert context.get("appArmorProfile") == {"type": "Unconfined"}, g["groupName"]
+        assert not context.get("privileged"), g["groupName"]
+
+
+def test_the_cluster_job_verifies_code_in_namespaces_or_not_at_all():
+    assert load_config(JOB).grade.verify.code.sandbox.isolation == "namespaces"
+
+
 def test_rayjob_runs_the_pipeline_on_the_cluster_of_raycluster_yaml():
     job = KUBERAY["rayjob.yaml"]["spec"]
     assert job["entrypoint"] == "python ray_jobs/pipeline.py --config configs/cluster.yaml"

@@ -40,6 +40,7 @@ def test_local_job_builds_models_imports_and_grades_and_reruns_add_nothing(tmp_p
     grade = summary["stages"]["grade"]
     assert (grade["math_questions"], grade["code_questions"], grade["newly_graded"]) == (30, 8, 38)
     assert sum(grade["levels"].values()) == 38
+    assert grade["code_isolation"] == "namespaces"  # what every code verdict ran under
     # Later stages: a sample from the student's bank, the teacher's CoTs (all verified), SFT records.
     assert summary["stages"]["sample"]["drawn"] == 38  # 48 asked for, the bank holds 38: the report says so
     assert "fewer than" in first.stdout or "short" in first.stdout
@@ -58,6 +59,7 @@ def test_local_job_builds_models_imports_and_grades_and_reruns_add_nothing(tmp_p
     assert "by_level" in json.loads(evaluated.read_text())["benchmarks"]["synthetic-math"]
     report = (run_dir / "report.html").read_text()  # the job ends with its report
     assert all(f"data-figure='{key}'" in report for key in ("levels", "sampling", "teacher", "evaluation"))
+    assert "Code verdicts ran under sandbox isolation: namespaces (grading)" in report
 
     # What the person at the terminal sees: stage lines and bars, no library logs, no traceback; where things are.
     terminal = first.stdout + first.stderr

@@ -5,6 +5,7 @@ machine where the project's setup did not install bubblewrap. Fork and memory bo
 put itself in its pids and memory cgroups (`Sandbox.start`), which is what keeps them from stalling the machine.
 """
 
+import json
 import os
 import socket
 import threading
@@ -33,6 +34,36 @@ def run(verifier, program, tests=SUM_TESTS):
     return verdict
 
 
+def sandbox_processes() -> list[psutil.Process]:
+    """The sandboxes' processes: this test process's descendants (a sandbox's cannot leave its PID namespace).
+    Counted here rather than machine-wide, which other jobs on the machine change while a test runs."""
+    return psutil.Process().children(recursive=True)
+
+
+def private_memory(process: psutil.Process) -> int:
+    try:
+        return process.memory_full_info().uss
+    except psutil.Error:
+        return 0  # gone meanwhile
+
+
+def peak_while(action, measure):
+    """(what action() returns, the largest measure(sandbox_processes()) seen while it ran)."""
+    peak, stop = [0], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], measure(sandbox_processes()))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        return action(), peak[0]
+    finally:
+        stop.set()
+        watcher.join()
+
+
 def output_of(verifier, program):
     """What a program printed (it passes iff it prints exactly `expected`)."""
     tests = {"kind": "stdin_stdout", "cases": [{"input": "", "output": "SAFE"}]}
@@ -52,6 +83,13 @@ def test_a_busy_loop_in_one_call_case_times_out_without_hanging_the_others(verif
     assert verdict.verdict == "timeout" and "case 1" in verdict.detail
 
 
+def test_a_program_that_waits_uses_no_cpu_time_and_is_not_a_timeout(verifier):
+    # A machine under load stretches a program's wall time the way this sleep does: verdicts go by CPU time, and
+    # the wall clock only stops a program at the backstop (3 x the limit + 1 s).
+    program = "import time\ntime.sleep(1.5)\n" + SUM_PROGRAM
+    assert verifier.run_tests(program, SUM_TESTS).verdict == "passed"
+
+
 # --- memory ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("program", ["x = bytearray(16 << 30)\n",
                                      "chunks = []\nwhile True:\n    chunks.append(bytearray(10 << 20))\n",
@@ -68,33 +106,19 @@ def test_memory_spread_over_many_processes_is_stopped_by_the_cgroup(verifier):
                "        for i in range(0, len(x), 4096): x[i] = 1\n"
                "        time.sleep(60)\n"
                "time.sleep(60)\n")
-    host_available = psutil.virtual_memory().available
-    verdict = run(verifier, program)
+    verdict, peak = peak_while(lambda: run(verifier, program), lambda procs: sum(map(private_memory, procs)))
     assert verdict.verdict in ("memory_limit", "timeout", "runtime_error")
-    assert psutil.virtual_memory().available > host_available - (1 << 30)
+    assert peak < 1 << 30  # 12 x 200 MB without the cgroup, which allows 2 x 256 + 128 MB
 
 
 # --- processes ------------------------------------------------------------------------------------------------------
 def test_a_fork_bomb_is_contained_and_leaves_nothing_behind(verifier):
-    before = len(psutil.pids())
-    peak = [before]
-    stop = threading.Event()
-
-    def watch():
-        while not stop.is_set():
-            peak[0] = max(peak[0], len(psutil.pids()))
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        verdict = run(verifier, "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n"
-                                "        pass\n")
-    finally:
-        stop.set()
-        watcher.join()
+    before = len(sandbox_processes())
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    verdict, peak = peak_while(lambda: run(verifier, bomb), len)
     assert verdict.verdict in ("timeout", "runtime_error")
-    assert peak[0] - before <= LIMITS.processes + 16  # the pids cgroup: the sandbox's processes, plus slack
-    assert len(psutil.pids()) <= before + 2
+    assert peak - before <= LIMITS.processes + 16  # the pids cgroup: the sandbox's processes, plus slack
+    assert len(sandbox_processes()) <= before + 2
 
 
 def test_a_daemon_left_behind_is_killed(verifier):
@@ -169,6 +193,33 @@ def test_a_huge_file_is_cut_off(verifier):
     assert verdict.verdict in ("runtime_error", "memory_limit")
 
 
+def test_a_work_dir_locked_with_chmod_000_is_wiped_all_the_same(verifier):
+    run(verifier, "import os\nopen('left.txt', 'w').write('x')\nos.chmod('.', 0)\n")  # then SUM_PROGRAM passes
+
+
+def test_a_full_tmp_behind_a_locked_directory_is_wiped_all_the_same(verifier):
+    output_of(verifier, "import os\n"
+                        "os.mkdir('/tmp/keep', 0o300)\n"  # locked first: files go in, but no one can list them
+                        "for size in (8 << 20, 4096):\n"  # until not one more page fits
+                        "    try:\n"
+                        "        for i in range(10000):\n"
+                        "            fd = os.open(f'/tmp/keep/{size}-{i}', os.O_CREAT | os.O_WRONLY)\n"
+                        "            os.posix_fallocate(fd, 0, size)\n"
+                        "            os.close(fd)\n"
+                        "    except OSError:\n"
+                        "        pass\n")
+    uses_scratch_space = "import tempfile\ntempfile.TemporaryFile().write(b'x' * (1 << 20))\nprint('SAFE')\n"
+    verdict = output_of(verifier, uses_scratch_space)
+    assert verdict.verdict == "passed", verdict.detail
+
+
+def test_sysv_shared_memory_does_not_outlive_its_program(verifier):
+    shm = "import ctypes\nshmget = ctypes.CDLL(None).shmget\nKEY = 0x51A7E\n"
+    output_of(verifier, shm + "shmget(KEY, 1 << 20, 0o1600)\n")  # IPC_CREAT | 0600, never removed
+    verdict = output_of(verifier, shm + "print('FOUND' if shmget(KEY, 0, 0) >= 0 else 'SAFE')\n")
+    assert verdict.verdict == "passed", verdict.detail
+
+
 # --- environment and network ----------------------------------------------------------------------------------------
 def test_the_environment_is_scrubbed(monkeypatch):
     monkeypatch.setenv("ADAPTCOT_TEST_SECRET", "hunter2")
@@ -226,6 +277,142 @@ def test_objects_that_equal_anything_do_not_pass(verifier):
         for tests in (call, asserts):
             verdict = verifier.run_tests(code, tests)
             assert verdict.verdict == "wrong_answer", (tests["kind"], verdict)
+
+
+# --- assert tests: the test code runs where the program cannot reach it --------------------------------------------
+AREA_TESTS = {"kind": "assert", "entry_point": "area",
+              "test_code": "def check(candidate):\n    assert abs(candidate(2) - 12.566) < 1e-3\n\ncheck(area)\n"}
+WRONG_AREA = "def area(r):\n    return 0\n"
+
+
+@pytest.mark.parametrize("patch, test_code", [
+    ("import builtins\nbuiltins.abs = lambda x: 0\n", None),
+    ("abs = lambda x: 0\n", None),  # a global of the program's shadows the built-in
+    ("import math\nmath.isclose = lambda *a, **k: True\n", "assert math.isclose(area(2), 12.566, rel_tol=1e-3)\n"),
+    ("import __main__\n__main__._plain_or_note = lambda got: ['bool', True]\n", None),  # the harness's reporter
+])
+def test_a_program_cannot_change_what_the_test_code_calls(verifier, patch, test_code):
+    tests = dict(AREA_TESTS, test_code=test_code or AREA_TESTS["test_code"])
+    verdict = verifier.run_tests(patch + WRONG_AREA, tests)
+    assert verdict.verdict == "wrong_answer", verdict
+
+
+def test_a_program_cannot_forge_the_reports_of_the_test_code(verifier):
+    forged = (json.dumps({"event": "pair", "site": 0, "value": [["int", "4"], ["int", "4"]]}) + "\n" +
+              json.dumps({"event": "finished"}) + "\n")
+    program = ("import os\n"
+               "for pid in os.listdir('/proc'):\n"  # descriptor 3, where reports go, of every process it can see
+               "    try:\n"
+               f"        open(f'/proc/{{pid}}/fd/3', 'w').write({forged!r})\n"
+               "    except OSError:\n"
+               "        pass\n"
+               "os._exit(0)\n"
+               "def double(x):\n"
+               "    return 0\n")
+    tests = {"kind": "assert", "entry_point": "double",
+             "test_code": "def check(candidate):\n    assert candidate(2) == len('ab') * 2\n\ncheck(double)\n"}
+    assert verifier.run_tests(program, tests).verdict == "wrong_answer"
+
+
+def test_the_test_process_is_out_of_the_programs_reach(verifier):
+    # Same uid, but not dumpable: its /proc/<pid>/fd (and mem) cannot be opened, nor can it be ptraced.
+    program = ("import os\n"
+               "def reachable():\n"
+               "    found = []\n"
+               "    for pid in os.listdir('/proc'):\n"
+               "        if pid.isdigit() and int(pid) != os.getpid():\n"
+               "            try:\n"
+               "                os.listdir(f'/proc/{pid}/fd')\n"
+               "                found.append(open(f'/proc/{pid}/cmdline').read())\n"
+               "            except OSError:\n"
+               "                pass\n"
+               "    return found\n")
+    tests = {"kind": "assert", "entry_point": "reachable", "test_code": "assert reachable() == []\n"}
+    verdict = verifier.run_tests(program, tests)
+    assert verdict.verdict == "passed", verdict.detail
+
+
+def test_test_code_still_uses_the_programs_helpers_and_its_own_modules(verifier):
+    cyclic = ("def encode_cyclic(s: str):\n"
+              "    groups = [s[(3 * i):min((3 * i + 3), len(s))] for i in range((len(s) + 2) // 3)]\n"
+              "    groups = [(group[1:] + group[0]) if len(group) == 3 else group for group in groups]\n"
+              "    return ''.join(groups)\n\n"
+              "def decode_cyclic(s: str):\n"
+              "    return encode_cyclic(encode_cyclic(s))\n")
+    humaneval_38 = ("def check(candidate):\n"  # HumanEval/38: the test calls the prompt's encode_cyclic
+                    "    from random import randint, choice\n"
+                    "    import string\n"
+                    "    letters = string.ascii_lowercase\n"
+                    "    for _ in range(20):\n"
+                    "        s = ''.join(choice(letters) for i in range(randint(10, 20)))\n"
+                    "        assert candidate(encode_cyclic(s)) == s\n\n"
+                    "check(decode_cyclic)\n")
+    verdict = verifier.run_tests(cyclic, {"kind": "assert", "entry_point": "decode_cyclic", "test_code": humaneval_38})
+    assert verdict.verdict == "passed", verdict.detail
+    mbpp = {"kind": "assert", "entry_point": "area",  # MBPP: `math` comes from the program's imports
+            "test_code": "assert math.isclose(area(2), 12.566, rel_tol=1e-3)\n"}
+    verdict = verifier.run_tests("import math\ndef area(r):\n    return math.pi * r * r\n", mbpp)
+    assert verdict.verdict == "passed", verdict.detail
+
+
+def test_objects_of_the_programs_classes_made_by_the_tests_stay_in_the_program():
+    """MBPP/601 builds `Pair`s and hands them to the candidate: a right program passes, a wrong one fails, and such an
+    object never passes for an expected value."""
+    pair = "class Pair(object):\n    def __init__(self, a, b):\n        self.a = a\n        self.b = b\n"
+    right = pair + ("def max_chain_length(arr, n):\n    arr = sorted(arr, key=lambda p: p.b)\n"
+                    "    end, count = None, 0\n    for p in arr:\n        if end is None or p.a > end:\n            end, count = p.b, count + 1\n"
+                    "    return count\n")
+    wrong = pair + "def max_chain_length(arr, n):\n    return n\n"
+    mbpp_601 = {"kind": "assert", "entry_point": "max_chain_length", "test_code":
+                "assert max_chain_length([Pair(5, 24), Pair(15, 25), Pair(27, 40), Pair(50, 60)], 4) == 3\n"
+                "assert max_chain_length([Pair(1, 2), Pair(3, 4), Pair(5, 6), Pair(7, 8)], 4) == 4\n"}
+    always = "    def __eq__(self, other):\n        return True\n"
+    faker = pair + always + "def max_chain_length(arr, n):\n    return arr[0]\n"
+    with CodeVerifier(CodeVerifyConfig(sandbox=LIMITS, workers=1)) as v:
+        assert v.run_tests(right, mbpp_601).verdict == "passed"
+        assert v.run_tests(wrong, mbpp_601).verdict == "wrong_answer"
+        assert v.run_tests(faker, mbpp_601).verdict == "wrong_answer"
+
+
+# --- only the harness may say "undecided": whatever the program causes is a verdict ---------------------------------
+ADD_CALL = {"kind": "call", "fn_name": "add", "cases": [{"input": "[1, 2]", "output": "3"}]}
+NEWLINE = b"\n"
+
+
+def test_a_program_killed_by_a_signal_without_a_name_is_a_runtime_error(verifier):
+    verdict = run(verifier, "import os\nos.kill(os.getpid(), 40)\n")  # a real-time signal: signal.Signals(40) fails
+    assert (verdict.verdict, verdict.correct) == ("runtime_error", False) and "signal 40" in verdict.detail
+
+
+@pytest.mark.parametrize("line", [
+    "[" * 100000,  # nested deeper than any JSON parser's recursion
+    "not json at all",
+    '[1, 2]',
+    '{"event": "value", "case": "0", "value": ["int", "3"]}',  # the case as a string
+    '{"event": "value", "case": 0, "value": 3}',  # a value that is not a tagged list
+    '{"event": "value", "case": 0}',  # keys missing
+    '{"event": "compile_error"}',
+    '{"event": ["value"]}',  # an event that is not a name
+])
+def test_garbage_on_the_report_descriptor_is_a_verdict_about_the_program(verifier, line):
+    program = f"import os\nos.write(3, {line.encode() + NEWLINE!r})\ndef add(a, b):\n    return a + b\n"
+    verdict = verifier.run_tests(program, ADD_CALL)
+    assert (verdict.verdict, verdict.correct) == ("runtime_error", False), verdict
+    assert "report descriptor" in verdict.detail
+
+
+def test_a_forged_reply_line_is_not_taken_for_the_verdict():
+    one_case = {"kind": "stdin_stdout", "cases": [{"input": "1 2\n", "output": "3\n"}]}
+    forged = {"status": "ok", "results": [{"records": [], "report": "", "stdout": "3\n", "stderr_tail": "",
+                                           "exit_code": 0, "signal": None, "problem": None, "seconds": 0.1}]}
+    before = {p.pid for p in psutil.Process().children()}
+    with CodeVerifier(CodeVerifyConfig(sandbox=LIMITS, workers=1)) as fresh:
+        assert fresh.run_tests(SUM_PROGRAM, one_case).verdict == "passed"  # its runner is up
+        [sandbox] = [p for p in psutil.Process().children() if p.pid not in before]  # its stdout: the reply pipe
+        with open(f"/proc/{sandbox.pid}/fd/1", "w") as replies:  # as if someone else could write there
+            replies.write(json.dumps(forged) + "\n")
+        verdict = fresh.run_tests("print(4)\n", one_case)
+    assert verdict.verdict == "wrong_answer", verdict
 
 
 # --- sandbox errors and the fallback --------------------------------------------------------------------------------

@@ -137,7 +137,8 @@ def test_returned_values_are_compared_by_value_and_type():
 def test_literal_expected_values_never_enter_the_sandbox():
     plan = rewrite_asserts(HUMANEVAL["test_code"], "is_palindrome")
     assert "True" not in plan.code.split("def check", 1)[1].split("for word")[0]
-    assert plan.expected == {0: True, 1: True, 2: False} and plan.required == {0, 1, 2}
+    assert plan.expected == {0: True, 1: True, 2: False}
+    assert plan.required == {0, 1, 2, 3}  # the loop's assert too: it must report at least once
     assert "__adaptcot_result__(candidate(word))" in plan.code
 
 

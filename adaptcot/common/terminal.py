@@ -52,8 +52,17 @@ class StageFailed(RuntimeError):
     """A stage raised: `stage` names it, `__cause__` is what it raised."""
 
     def __init__(self, stage: str, cause: BaseException):
-        super().__init__(f"{type(cause).__name__}: {cause}")
+        super().__init__(_one_line(cause))
         self.stage = stage
+
+
+def _one_line(error: BaseException) -> str:
+    """`Type: message` on one line. An error that crossed a Ray worker carries the remote traceback as its message:
+    its last line is the original `Type: message` (the whole text goes to the log)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1:
+        return lines[-1]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 class _Shown:

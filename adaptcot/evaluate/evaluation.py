@@ -212,7 +212,9 @@ def _answer(rows: pa.Table, student: StudentConfig, verify: VerifyConfig | None,
 
     light = student.resources.cpus_per_light_stage
     ds = answer_processor(student)(ray.data.from_arrow(rows)).map(to_attempt_row, num_cpus=light)
-    return _collect(verify_dataset(ds, verify) if verify is not None else ds, rows.num_rows, what)
+    if verify is not None:
+        ds = verify_dataset(ds, verify, expect_code=pc.any(pc.equal(rows["domain"], "code")).as_py())
+    return _collect(ds, rows.num_rows, what)
 
 
 def answer_and_verify(pool: pa.Table, cfg: EvalConfig, sampling: SamplingConfig) -> pa.Table:
@@ -247,7 +249,9 @@ def answer_and_verify(pool: pa.Table, cfg: EvalConfig, sampling: SamplingConfig)
     answers = answers.set_column(answers.schema.get_field_index("finish_reason"), "finish_reason", pa.array(finish))
     import ray
 
-    return _collect(verify_dataset(ray.data.from_arrow(answers), cfg.verify), answers.num_rows, f"verify {name}")
+    has_code = pc.any(pc.equal(answers["domain"], "code")).as_py()
+    return _collect(verify_dataset(ray.data.from_arrow(answers), cfg.verify, has_code), answers.num_rows,
+                    f"verify {name}")
 
 
 def bank_levels(levels: LevelsConfig | None) -> dict[str, str]:

@@ -15,6 +15,7 @@ Comparing two runs (two teachers' trace styles, two students) is `adaptcot compa
 
 from __future__ import annotations
 
+import html
 import json
 from collections import Counter
 from pathlib import Path
@@ -291,19 +292,20 @@ FIGURES = (("levels", "Difficulty levels", level_histograms),
            ("ablation", "Ablation: adaptive vs uniform sampling, CasCoD vs CoT", ablation_figure))
 
 
-def render(run_dir: str | Path) -> str:
+def render(run_dir: str | Path, notes: tuple[str, ...] = ()) -> str:
+    """The report page; `notes`: lines about how the run was made, shown under the title."""
     run = str(run_dir)
     tables = {"teacher": lambda: teacher_table(teacher_levels(run)),
               "evaluation": lambda: eval_table(eval_results(run)),
               "ablation": lambda: ablation_table(run)}
-    body = []
+    body = [f"<p class='note' data-note='{i}'>{html.escape(note)}</p>" for i, note in enumerate(notes)]
     for key, title, draw in FIGURES:
         image, missing = draw(run)
         body.append(html_page.section(key, title, image, missing, tables[key]() if key in tables else ""))
     return html_page.page(f"adaptcot run: {run}", body)
 
 
-def write_report(run_dir: str | Path) -> str:
+def write_report(run_dir: str | Path, notes: tuple[str, ...] = ()) -> str:
     path = storage.join(str(run_dir), "report.html")
-    storage.write_text(path, render(run_dir))
+    storage.write_text(path, render(run_dir, notes))
     return path

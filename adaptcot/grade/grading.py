@@ -72,12 +72,14 @@ class GradeReport:
     ungradable: int = 0
     seconds: float = 0.0
     levels: dict = field(default_factory=dict)
+    code_isolation: str | None = None  # what every code verdict ran under (the sandbox never falls back)
 
     def lines(self) -> list[str]:
         out = [f"student {self.student} (grader {self.grader_id}): {self.math_questions} math and "
                f"{self.code_questions} code questions, {self.samples_todo} samples to generate, {self.generated} "
                f"generated ({self.generation_errors} errors), {self.newly_graded} newly graded, "
-               f"{self.ungradable} ungradable"]
+               f"{self.ungradable} ungradable"
+               + (f"; code verdicts under isolation: {self.code_isolation}" if self.code_isolation else "")]
         out.append("  bank levels (every question graded for this student): "
                    + ", ".join(f"{k} {v}" for k, v in self.levels.items()))
         return out
@@ -97,6 +99,12 @@ def check_model_path(model: str, what: str, remote_ok: bool = True) -> None:
         raise FileNotFoundError(f"{what} model not found: {model} (a local directory, or a hub id like org/name)")
 
 
+def pool_has_code(pool: str) -> bool:
+    domains = storage.dataset(storage.list_files(storage.join(pool, "pool"), "*.parquet")).to_table(
+        columns=["domain"])["domain"]
+    return pc.any(pc.equal(domains, "code")).as_py()
+
+
 def preflight(cfg: GradeConfig) -> None:
     """Everything that can fail before Ray starts: paths, the PRM's step token, the sandbox if there is code."""
     check_model_path(cfg.student.model, "student")
@@ -106,8 +114,7 @@ def preflight(cfg: GradeConfig) -> None:
     pool_files = storage.list_files(storage.join(cfg.pool, "pool"), "*.parquet")
     if not pool_files:
         raise FileNotFoundError(f"pool not found or empty: {cfg.pool} (create it with `adaptcot pool import`)")
-    domains = storage.dataset(pool_files).to_table(columns=["domain"])["domain"]
-    if pc.any(pc.equal(domains, "code")).as_py():
+    if pool_has_code(cfg.pool):
         with Sandbox(cfg.verify.code.sandbox) as sandbox:  # fails here if this host cannot contain programs
             sandbox.start()
 
@@ -196,7 +203,8 @@ def todo_dataset(cfg: GradeConfig, gid: str, pool_files: list[str],
 def run_pipeline(cfg: GradeConfig, gid: str, todo, samples: int) -> tuple[int, int]:
     """Answer, verify, score and store every sample of `todo` (`samples` of them); (generated, errors)."""
     student, light = cfg.student, cfg.student.resources.cpus_per_light_stage
-    attempts = verify_dataset(answer_processor(student)(todo).map(to_attempt_row, num_cpus=light), cfg.verify)
+    attempts = verify_dataset(answer_processor(student)(todo).map(to_attempt_row, num_cpus=light), cfg.verify,
+                              expect_code=pool_has_code(cfg.pool))
     prm_name = None
     if cfg.grader.mode == "prm":
         prm = cfg.prm
@@ -229,6 +237,7 @@ def grade(cfg: GradeConfig) -> GradeReport:
     pool_files = storage.list_files(storage.join(cfg.pool, "pool"), "*.parquet")
     report = GradeReport(student=student, grader_id=gid)
     report.math_questions, report.code_questions = _count_domains(pool_files)
+    report.code_isolation = cfg.verify.code.sandbox.isolation if report.code_questions else None
     todo, report.samples_todo = todo_dataset(cfg, gid, pool_files)
     if report.samples_todo:
         report.generated, report.generation_errors = run_pipeline(cfg, gid, todo, report.samples_todo)

@@ -15,7 +15,7 @@ provenance in the run directory); `ray_jobs/<stage>.py` runs the same commands (
 Tools that need no job config:
   adaptcot pool import SRC... --domain {math,code} --out DIR [--preset P] [--map FIELD=COLUMN ...]
   adaptcot tiny-models --out DIR [--seed N]
-  adaptcot verify --input FILE --output FILE [--workers N] [--timeout S] [--isolation auto|namespaces|none]
+  adaptcot verify --input FILE --output FILE [--workers N] [--timeout S] [--isolation namespaces|none]
   adaptcot bank summary BANK [--json]  |  adaptcot bank compare BANK STUDENT_A STUDENT_B [--json]
   adaptcot report RUN_DIR            one offline HTML page of a run's figures (RUN_DIR/report.html)
   adaptcot compare NAME=PATH NAME=PATH [--out DIR]   trace-style comparison: CoT sets, training, students
@@ -295,7 +295,8 @@ def _tool_parsers(sub) -> None:
     verify.add_argument("--workers", type=int, default=2, help="sandboxes (and math verifier processes)")
     verify.add_argument("--timeout", type=float, default=4.0, help="seconds per test case")
     verify.add_argument("--memory-mb", type=int, default=1024, help="memory per test process")
-    verify.add_argument("--isolation", choices=["auto", "namespaces", "none"], default="auto")
+    verify.add_argument("--isolation", choices=["namespaces", "none"], default="namespaces",
+                        help="none: no isolation, for trusted code only")
     verify.add_argument("--extract", choices=["last", "first", "longest", "all"], default="last",
                         help="which fenced python block of a response is the program")
     verify.add_argument("--float-tolerance", type=float, default=None)

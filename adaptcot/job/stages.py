@@ -323,7 +323,15 @@ class ReportPage:
 
 
 def report(cfg: JobConfig) -> ReportPage:
-    return ReportPage(write_report(cfg.run_dir))
+    return ReportPage(write_report(cfg.run_dir, (code_isolation_note(cfg),)))
+
+
+def code_isolation_note(cfg: JobConfig) -> str:
+    """What every code verdict of the run ran under (the sandbox never falls back, so the config says it)."""
+    where = {"grading": cfg.grade.verify.code, "the CoT filter": cfg.filter.code,
+             "evaluation": eval_config(cfg, "before").verify.code}
+    return "Code verdicts ran under sandbox isolation: " + ", ".join(
+        f"{config.sandbox.isolation} ({stage})" for stage, config in where.items()) + "."
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (

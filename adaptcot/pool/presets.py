@@ -6,8 +6,9 @@ The extraction functions raise `RowProblem(reason, detail)` for a row that canno
 into a reject row. Multiple choice (GPQA): `distractors` names the columns of the wrong options; `multiple_choice`
 puts the correct one among them in a fixed order and letters them. LiveCodeBench's private tests may be
 base64(zlib(pickle(JSON text))): they are unpickled with no global allowed (`_unpickle_text`), so a payload that
-would run code is a rejected row, never a call. Not covered: sources whose tests need a custom checker program
-(e.g. CodeContests' special judges) -- their rows are imported only if the checker is not needed.
+would run code is a rejected row, never a call. Assert tests are made runnable by `assert_styles.py`, or refused
+when no program could fail (or pass) them; call cases must be JSON. Not covered: sources whose tests need a custom
+checker program (e.g. CodeContests' special judges) -- their rows are imported only if the checker is not needed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Literal
 from pydantic import ValidationError, model_validator
 
 from adaptcot.common.settings import Strict
+from adaptcot.pool.assert_styles import UnusableTests, runnable_test_code
 
 AnswerFormat = Literal["plain", "boxed", "gsm8k"]
 TestsFormat = Literal["apps_io", "assert_check", "assert_list", "adaptcot", "livecodebench"]
@@ -208,15 +210,20 @@ def _apps_tests(value: Any) -> dict:
     return {"kind": "stdin_stdout", "cases": cases}
 
 
+def _runnable(test_code: str, entry_point: str) -> str:
+    """Test code that runs in the sandbox and can fail (`assert_styles.py`), else a bad_tests row."""
+    try:
+        return runnable_test_code(test_code, entry_point)
+    except UnusableTests as e:
+        raise RowProblem("bad_tests", str(e)) from None
+
+
 def _assert_check_tests(value: Any, entry_point: Any) -> dict:
-    if not isinstance(value, str) or "assert" not in value:
-        raise RowProblem("bad_tests", "test code has no assert")
+    if not isinstance(value, str) or not value.strip():
+        raise RowProblem("bad_tests", "no test code")
     if not entry_point:
         raise RowProblem("bad_tests", "no entry_point")
-    test_code = value
-    if re.search(r"^def check\(", value, re.MULTILINE):
-        test_code = f"{value.rstrip()}\n\ncheck({entry_point})\n"
-    return {"kind": "assert", "test_code": test_code, "entry_point": str(entry_point)}
+    return {"kind": "assert", "test_code": _runnable(value, str(entry_point)), "entry_point": str(entry_point)}
 
 
 def _called_function(assert_line: str) -> str | None:
@@ -240,7 +247,8 @@ def _assert_list_tests(value: Any, setup_code: Any, entry_point: Any) -> dict:
     if not entry_point:
         raise RowProblem("bad_tests", "cannot tell the function under test from the asserts")
     setup = f"{setup_code.strip()}\n" if isinstance(setup_code, str) and setup_code.strip() else ""
-    return {"kind": "assert", "test_code": setup + "\n".join(asserts) + "\n", "entry_point": str(entry_point)}
+    return {"kind": "assert", "test_code": _runnable(setup + "\n".join(asserts) + "\n", str(entry_point)),
+            "entry_point": str(entry_point)}
 
 
 def _native_tests(value: Any) -> dict:
@@ -252,10 +260,29 @@ def _native_tests(value: Any) -> dict:
     cases = spec.get("cases") or []
     if not cases or not all(isinstance(c, dict) and "input" in c and "output" in c for c in cases):
         raise RowProblem("bad_tests", "tests have no cases of {input, output}")
-    if spec["kind"] == "call" and not spec.get("fn_name"):
-        raise RowProblem("bad_tests", "call tests without fn_name")
-    return {"kind": spec["kind"], "cases": [{"input": str(c["input"]), "output": str(c["output"])} for c in cases],
-            "fn_name": spec.get("fn_name")}
+    if spec["kind"] == "call":
+        if not spec.get("fn_name"):
+            raise RowProblem("bad_tests", "call tests without fn_name")
+        return {"kind": "call", "cases": [_call_case(c, i) for i, c in enumerate(cases)], "fn_name": spec["fn_name"]}
+    return {"kind": spec["kind"], "cases": [{"input": str(c["input"]), "output": str(c["output"])} for c in cases]}
+
+
+def _call_case(case: dict, index: int) -> dict:
+    """A call case as JSON text: the arguments (a JSON array, or one value) and the return value. A value given as
+    JSON data rather than text is written as JSON; text that does not parse would fail every program."""
+    texts = {}
+    for field in ("input", "output"):
+        value = case[field]
+        if not isinstance(value, str):
+            texts[field] = json.dumps(value)
+            continue
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as e:
+            raise RowProblem("bad_tests", f"call case {index + 1}: {field} is not valid JSON ({e.msg}): "
+                                          f"{value[:80]!r}") from None
+        texts[field] = value
+    return texts
 
 
 class _NoGlobalsUnpickler(pickle.Unpickler):

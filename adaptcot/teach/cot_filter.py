@@ -45,6 +45,7 @@ from adaptcot.common.runtime import collect_blocks
 from adaptcot.common.schemas import DROP_REASONS, LEVELS_EASIEST_FIRST, TEACHER_COTS, SchemaError, require_columns
 from adaptcot.common.settings import ActorPoolSize, Strict
 from adaptcot.teach.client import EndpointConfig, complete_all
+from adaptcot.verify.attempts import code_verifier_on_this_node
 from adaptcot.verify.code_answers import extract_code
 from adaptcot.verify.code_tests import CodeVerifier, CodeVerifyConfig
 from adaptcot.verify.math_answers import MathVerifier
@@ -330,17 +331,21 @@ def endpoint_judge(judge: JudgeConfig) -> Judge:
 class CoTFilterActor:
     """Ray Data stage: `filter_cots` per batch of CoT rows with the question columns joined in.
 
-    `judge_factory` builds the judge client once per actor (clients rarely pickle); needed iff `config.judge`."""
+    `judge_factory` builds the judge client once per actor (clients rarely pickle); needed iff `config.judge`.
+    expect_code: check at start that this node can isolate generated code (a math-only job never needs it)."""
 
-    def __init__(self, config: FilterConfig, judge_factory: Callable[[], Judge] | None = None):
+    def __init__(self, config: FilterConfig, judge_factory: Callable[[], Judge] | None = None,
+                 expect_code: bool = False):
         self.config = config
         self.math = MathVerifier(workers=config.verify_workers, timeout_s=config.verify_timeout_s)
         self.judge = judge_factory() if judge_factory is not None else None
         self._code: CodeVerifier | None = None
+        if expect_code:
+            self._code_verifier()
 
     def _code_verifier(self) -> CodeVerifier:
-        if self._code is None:  # sandboxes start on the first code row: a math-only job never needs them
-            self._code = CodeVerifier(self.config.code)
+        if self._code is None:
+            self._code = code_verifier_on_this_node(self.config.code)
         return self._code
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -370,7 +375,8 @@ def filter_on_ray(cots: pa.Table, samples: pa.Table, config: FilterConfig) -> pa
         joined = joined.append_column(name, questions[name])
     judge = functools.partial(endpoint_judge, config.judge) if config.judge else None
     out = ray.data.from_arrow(joined).map_batches(
-        CoTFilterActor, fn_constructor_kwargs={"config": config, "judge_factory": judge},
+        CoTFilterActor, fn_constructor_kwargs={"config": config, "judge_factory": judge,
+                                               "expect_code": pc.any(pc.equal(cots["domain"], "code")).as_py()},
         concurrency=config.concurrency, num_cpus=config.num_cpus, batch_size=64, batch_format="pyarrow")
     table = pa.concat_tables(collect_blocks(out, cots.num_rows, "verify teacher CoTs", "CoT"))
     if table.num_rows != cots.num_rows:

@@ -3,8 +3,9 @@
 
 - `verify_attempts` (pure): a batch of attempt rows of both domains -> the same rows with `verdict`, `correct` and
   `verify_detail`, in order; every row comes out exactly once.
-- `AttemptVerifier` (Ray Data stage): one per actor, math-verify worker processes started once and warm sandboxes
-  started on the first code row; an attempt the engine refused (`error` set) keeps verdict `error`, correct null.
+- `AttemptVerifier` (Ray Data stage): one per actor, math-verify worker processes started once; where code is
+  expected, the actor checks at start that its node can isolate generated code and stops the job, naming the node,
+  if not (sandboxes start on the first code row); an attempt the engine refused keeps verdict `error`, correct null.
 - `verify_dataset`: the stage added to a Ray dataset of attempts, sized from `VerifyConfig`.
 """
 
@@ -20,6 +21,7 @@ from adaptcot.common.schemas import tests_from_json
 from adaptcot.common.settings import ActorPoolSize, Strict
 from adaptcot.verify.code_tests import CodeVerifier, CodeVerifyConfig, verify_code_table
 from adaptcot.verify.math_answers import MathVerifier, verify_table
+from adaptcot.verify.sandbox import SandboxUnavailable
 
 
 class VerifyConfig(Strict):
@@ -50,16 +52,36 @@ def verify_attempts(batch: pa.Table, math: MathVerifier, code: Callable[[], Code
     return out.drop_columns(["_row"])
 
 
-class AttemptVerifier:
-    """Ray Data stage: math-verify or sandbox verdicts; an attempt the engine refused keeps verdict `error`."""
+def code_verifier_on_this_node(config: CodeVerifyConfig) -> CodeVerifier:
+    """A `CodeVerifier` for this process's node; if the node cannot isolate generated code, the error names it."""
+    try:
+        return CodeVerifier(config)
+    except SandboxUnavailable as exc:
+        raise SandboxUnavailable(f"{_ray_node()}{exc}") from None
 
-    def __init__(self, config: VerifyConfig):
+
+def _ray_node() -> str:
+    import ray
+
+    if not ray.is_initialized():
+        return ""
+    return f"Ray node {ray.util.get_node_ip_address()} (id {ray.get_runtime_context().get_node_id()[:12]}), "
+
+
+class AttemptVerifier:
+    """Ray Data stage: math-verify or sandbox verdicts; an attempt the engine refused keeps verdict `error`.
+
+    expect_code: check at start that this node can isolate generated code (a math-only job never needs it)."""
+
+    def __init__(self, config: VerifyConfig, expect_code: bool = False):
         self.verifier = MathVerifier(workers=config.workers, timeout_s=config.timeout_s)
         self.code_config, self._code = config.code, None
+        if expect_code:
+            self._code_verifier()
 
     def _code_verifier(self) -> CodeVerifier:
-        if self._code is None:  # sandboxes start on the first code attempt: a math-only job never needs them
-            self._code = CodeVerifier(self.code_config)
+        if self._code is None:
+            self._code = code_verifier_on_this_node(self.code_config)
         return self._code
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -76,7 +98,9 @@ class AttemptVerifier:
             self._code.close()
 
 
-def verify_dataset(attempts, config: VerifyConfig):
-    """`attempts` (a Ray dataset of attempt rows) with the verdict columns, through a pool of `AttemptVerifier`s."""
-    return attempts.map_batches(AttemptVerifier, fn_constructor_kwargs={"config": config},
+def verify_dataset(attempts, config: VerifyConfig, expect_code: bool):
+    """`attempts` (a Ray dataset of attempt rows) with the verdict columns, through a pool of `AttemptVerifier`s.
+
+    expect_code: there are code attempts, so every actor checks its node's sandbox when it starts."""
+    return attempts.map_batches(AttemptVerifier, fn_constructor_kwargs={"config": config, "expect_code": expect_code},
                                 concurrency=config.concurrency, num_cpus=config.num_cpus, batch_format="pyarrow")

@@ -8,7 +8,8 @@ programs).
 - `decode_value` / `values_equal`: a call's return value, sent back from the sandbox as plain data tagged with its
   exact type, compared by value and type (a tuple equals a JSON list, `True` does not equal `1`).
 - `rewrite_asserts`: assert tests rewritten so that their expected literals stay out of the sandbox
-  (`assert f(x) == <literal>` becomes "report f(x)"); the plan says what each report is compared with.
+  (`assert f(x) == <literal>` becomes "report f(x)"); the plan says what each report is compared with, and which
+  asserts must report (those that must run, `pool/assert_reach.py`: a loop that runs zero times is a failure).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from adaptcot.pool.assert_reach import reach_of_asserts
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
 _PYTHON_TAGS = {"", "python", "py", "python3", "py3"}
@@ -125,27 +128,17 @@ def values_equal(actual: Any, expected: Any, float_tolerance: float | None = Non
 class AssertPlan:
     code: str  # the test code as sent to the sandbox
     expected: dict[int, Any]  # site -> literal expected value (never sent)
-    required: frozenset[int]  # sites that must report: not inside a loop, branch or try
+    required: frozenset[int]  # sites that must report at least once: straight-line or in a loop, at module level or
+    #                           in a function that runs (pool/assert_reach.py); not in a branch, try or with block
 
 
 class _AssertRewriter(ast.NodeTransformer):
-    def __init__(self, entry_point: str | None):
+    def __init__(self, entry_point: str | None, must_run: frozenset[ast.Assert]):
         self.entry_points = {"candidate"} | ({entry_point} if entry_point else set())
+        self.must_run = must_run
         self.expected: dict[int, Any] = {}
         self.required: set[int] = set()
         self.sites = 0
-        self._conditional = 0
-
-    def _nested(self, node):
-        self._conditional += 1
-        node = self.generic_visit(node)
-        self._conditional -= 1
-        return node
-
-    visit_For = visit_While = visit_If = visit_Try = visit_With = visit_AsyncFor = visit_Lambda = _nested
-
-    def visit_FunctionDef(self, node):
-        return self.generic_visit(node) if node.name == "check" else self._nested(node)
 
     def visit_Call(self, node):
         node = self.generic_visit(node)
@@ -155,7 +148,7 @@ class _AssertRewriter(ast.NodeTransformer):
 
     def visit_Assert(self, node):
         site, self.sites = self.sites, self.sites + 1
-        if not self._conditional:
+        if node in self.must_run:
             self.required.add(site)
         test = self.visit(node.test)
         call = lambda name, *args: ast.Expr(ast.Call(ast.Name(name, ast.Load()), [ast.Constant(site), *args], []))
@@ -172,6 +165,7 @@ class _AssertRewriter(ast.NodeTransformer):
 
 
 def rewrite_asserts(test_code: str, entry_point: str | None) -> AssertPlan:
-    rewriter = _AssertRewriter(entry_point)
-    tree = ast.fix_missing_locations(rewriter.visit(ast.parse(test_code)))
+    tree = ast.parse(test_code)
+    rewriter = _AssertRewriter(entry_point, reach_of_asserts(tree).must_run)  # read before the rewrite changes it
+    tree = ast.fix_missing_locations(rewriter.visit(tree))
     return AssertPlan(ast.unparse(tree), rewriter.expected, frozenset(rewriter.required))

@@ -9,20 +9,31 @@ never enter the sandbox:
   value comes back as plain data tagged with its exact type and is compared here by value and type (a tuple equals
   a JSON list, `True` does not equal `1`, an object with a custom `__eq__` is never equal to anything);
 - assert: the test code is rewritten before it is sent: `assert f(x) == <literal>` becomes "report f(x)", and the
-  literal stays here; `assert a == b` reports both sides, any other assert reports its value; every call of the
-  entry point must return plain data. Straight-line asserts (not in a loop or branch) must all report, and the
-  test code must run to its end, so a program that exits early or prints "OK" does not pass.
+  literal stays here; `assert a == b` reports both sides, any other assert reports its value. It runs in a test
+  process of its own, which the program cannot reach: the entry point and the other names the test code takes from
+  the program (`_names_from_program`) are proxies that call into the program's process with plain data both ways,
+  so a program cannot patch `abs`, `math.isclose` or the reports. Every call of the entry point must return plain
+  data; the asserts that must run (`AssertPlan.required`) must all report, and the test code must run to its end.
+Time is CPU time: a case that uses up its CPU limit is a timeout; one stopped by the runner's wall-clock backstop
+(it sleeps or waits) is re-run once before that timeout counts, and so is a program whose runner was lost.
+Every report line a process writes is checked before use (`parse_report`): what the program causes, however odd,
+is a verdict about the program.
 Verdicts: passed, wrong_answer, runtime_error, timeout, memory_limit, compile_error, no_answer (no code found) and
-sandbox_error (the harness's fault: `correct` is None, never counted against the model).
+sandbox_error (`correct` is None, never counted against the model): only what this side observed itself (no
+sandbox could start, an exception here) or test code this harness cannot run (arguments that are not plain data).
 
-Not covered: a program written against this harness's internals could forge the report of an assert whose
-expected value is computed by the test code (not a literal); special judges (several right answers) and
-interactive problems are not supported; programs get the standard library only (call tests run after
-LeetCode's usual pre-imports: `typing`, `collections`, `heapq`, `bisect`, `itertools`, `functools`).
+Not covered: names the test code takes from the program are the program's own, so a program that rewrites a helper
+the test relies on (HumanEval/32's `poly`, /38's `encode_cyclic`) can pass those asserts; arguments a candidate
+mutates are not seen by the test; objects cross between the two processes as plain data only, so tests that build
+objects of the program's classes (a few MBPP tasks, `Pair(5, 24)`) fail, and tests that pass the program objects or
+functions of their own cannot run (sandbox_error); special judges (several right answers) and interactive problems
+are not supported; programs get the standard library only (call tests run after LeetCode's usual pre-imports:
+`typing`, `collections`, `heapq`, `bisect`, `itertools`, `functools`).
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import queue
 import signal
@@ -35,10 +46,16 @@ from pydantic import Field
 
 from adaptcot.common.schemas import require_columns
 from adaptcot.common.settings import ActorPoolSize, Strict
-from adaptcot.verify.code_answers import (AssertPlan, decode_value, extract_code, outputs_match, rewrite_asserts,
-                                          values_equal)
+from adaptcot.verify.code_answers import (
+    AssertPlan,
+    decode_value,
+    extract_code,
+    outputs_match,
+    rewrite_asserts,
+    values_equal,
+)
 from adaptcot.verify.sandbox import Sandbox, SandboxConfig
-from adaptcot.verify.sandbox_runner import EXIT_MEMORY
+from adaptcot.verify.sandbox_runner import EXIT_MEMORY, ProgramEnded, UnsupportedTest
 
 VERDICTS = ("passed", "wrong_answer", "runtime_error", "timeout", "memory_limit", "compile_error", "no_answer",
             "sandbox_error")
@@ -71,26 +88,118 @@ class CodeVerdict:
             raise ValueError(f"unknown verdict {self.verdict!r}; expected one of {VERDICTS}")
 
 
-# --- Judging what the sandbox observed ------------------------------------------------------------------------------
+# --- Reading what the sandbox observed: the program may have written anything -------------------------------------
+_SHAPES = {"start": {}, "finished": {}, "case": {"case": int}, "not_plain": {"case": int, "detail": str},
+           "pair": {"site": int, "value": list}, "truth": {"site": int, "value": list},
+           **{event: {"error_type": str, "detail": str} for event in ("compile_error", "error", "memory")}}
+_MAX_REPORT_DEPTH = 2 * 100 + 10  # a tagged value at the runner's 100 levels is about 200 levels of JSON
+
+
+def parse_report(text: str, value_key: str) -> list[dict]:
+    """A process's report lines as records, each field checked; a line that is not a well-formed record becomes
+    {"event": "garbled"}. `value_key`: what a "value" record is about, "case" (call tests) or "site" (asserts)."""
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        event = record.get("event") if isinstance(record, dict) else None
+        shape = {value_key: int, "value": list} if event == "value" else \
+            _SHAPES.get(event) if isinstance(event, str) else None
+        if shape is None or any(type(record.get(k)) is not t for k, t in shape.items()) or \
+                _depth(record) > _MAX_REPORT_DEPTH:
+            record = {"event": "garbled", "line": line[:120]}
+        records.append(record)
+    return records
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack += [(child, level + 1) for child in children]
+    return deepest
+
+
+def _decoded(tagged: list) -> tuple[Any, str | None]:
+    """(value, None), or (None, why not) for a tagged value that is not plain data or is not well formed."""
+    try:
+        return decode_value(tagged), None
+    except TypeError as exc:
+        return None, str(exc)  # the runner's "not plain data" note
+    except (KeyError, ValueError, IndexError, AttributeError, RecursionError):
+        return None, "a garbled value in the program's report"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # real-time signals, numbers the program made up
+        return f"signal {number}"
+
+
 def _process_failure(result: dict, oom_kills: int) -> tuple[str, str] | None:
-    """A verdict for a test process that did not run to a normal end, else None."""
-    events = {r.get("event"): r for r in result["records"]}
-    tail = result["stderr_tail"].strip()[-600:]
+    """A verdict for a process that did not run to a normal end, else None."""
+    events = {r["event"]: r for r in result["records"]}
+    tail = result.get("stderr_tail", "").strip()[-600:]
     if "compile_error" in events:
         return "compile_error", events["compile_error"]["detail"]
-    if result["problem"] == "timeout" or result["signal"] == signal.SIGXCPU:
-        return "timeout", "time limit exceeded"
-    if result["problem"] == "output_limit":
+    if result.get("problem") == "cpu_limit" or result["signal"] == signal.SIGXCPU:
+        return "timeout", "time limit exceeded (CPU time)"
+    if result.get("problem") == "wall_backstop":
+        return "timeout", "time limit exceeded (stopped by the wall clock twice: the program sleeps or waits)"
+    if result.get("problem") == "output_limit":
         return "runtime_error", "output limit exceeded"
+    if "garbled" in events:
+        return "runtime_error", f"the program wrote on the harness's report descriptor: {events['garbled']['line']!r}"
     if "memory" in events or result["exit_code"] == EXIT_MEMORY or (result["signal"] == signal.SIGKILL and oom_kills):
         return "memory_limit", "memory limit exceeded"
     if result["signal"]:
-        return "runtime_error", f"killed by {signal.Signals(result['signal']).name}; stderr: {tail}"
+        return "runtime_error", f"killed by {_signal_name(result['signal'])}; stderr: {tail}"
     if "error" in events:
         return "runtime_error", f"{events['error']['detail']}; stderr: {tail}"
     if result["exit_code"]:
         return "runtime_error", f"exit code {result['exit_code']}; stderr: {tail}"
     return None
+
+
+def _test_process_failure(result: dict, oom_kills: int) -> CodeVerdict | None:
+    """Assert tests: a verdict from the test process, which the program reaches only through its replies."""
+    tests = result["test_process"]
+    error = next((r for r in tests["records"] if r["event"] == "error"), {})
+    if error.get("error_type") == UnsupportedTest.__name__:  # the test code's arguments, never the program's doing
+        return CodeVerdict("sandbox_error", None, error["detail"])
+    if error.get("error_type") == ProgramEnded.__name__:
+        return CodeVerdict("wrong_answer", False, "the tests did not run to the end (the program exited)")
+    failure = _process_failure(dict(tests, stderr_tail=result["stderr_tail"]), oom_kills)
+    if failure is None:
+        return None
+    kind = error.get("error_type")
+    if failure[0] == "runtime_error" and (kind == "AssertionError" or kind == "TypeError" and
+                                          "not plain data" in error["detail"]):
+        return CodeVerdict("wrong_answer", False, failure[1])  # the test's own assert failed, or a fake value came
+    return CodeVerdict(failure[0], False, failure[1])
+
+
+def _names_from_program(test_code: str) -> list[str]:
+    """Names the test code uses but never binds: the entry point, and helpers the prompt defined and the program
+    carries (HumanEval/32's `poly`). The test process takes them from the program, built-ins excepted."""
+    loaded, bound = set(), set()
+    for node in ast.walk(ast.parse(test_code)):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return sorted(name for name in loaded - bound if not name.startswith("__adaptcot_"))
 
 
 class CodeVerifier:
@@ -138,13 +247,23 @@ class CodeVerifier:
             self._idle.put(sandbox)
 
     def _execute(self, sandbox: Sandbox, request: dict) -> tuple[dict | None, CodeVerdict | None]:
-        reply = sandbox.execute(request)
-        if reply.get("status") == "sandbox_error":
-            return None, CodeVerdict("sandbox_error", None, reply.get("detail", ""))
+        """The first result of a request (its reports parsed) and the program process's failure, if any.
+
+        A lost runner, or a case stopped by the wall-clock backstop, may be the machine's fault (load, a slow
+        start): the program is run once more before it is charged."""
+        for _ in range(2):
+            reply = sandbox.execute(request)
+            if not reply["runner_lost"] and all(r["problem"] != "wall_backstop" for r in reply["results"]):
+                break
         if reply["runner_lost"]:
-            return None, CodeVerdict("runtime_error", False, "the program broke the sandbox's runner")
+            return None, CodeVerdict("runtime_error", False, f"the program broke the sandbox's runner, twice: "
+                                     f"{reply['runner_problem']}")
         result = reply["results"][0]
+        result["records"] = parse_report(result["report"], "case")
+        if "test_process" in result:
+            result["test_process"]["records"] = parse_report(result["test_process"]["report"], "site")
         failure = _process_failure(result, reply["oom_kills"])
+        result["oom_kills"] = reply["oom_kills"]
         return result, (CodeVerdict(failure[0], False, failure[1]) if failure else None)
 
     def _stdin_stdout(self, sandbox: Sandbox, code: str, tests: dict) -> CodeVerdict:
@@ -166,15 +285,16 @@ class CodeVerifier:
                    "cases": [case.get("input") or "[]" for case in cases]}
         result, failure = self._execute(sandbox, request)
         values = {} if result is None else {r["case"]: r for r in result["records"]
-                                            if r.get("event") in ("value", "not_plain")}
+                                            if r["event"] in ("value", "not_plain")}
         for index, case in enumerate(cases):
             record = values.get(index)
             if record is None:
                 return _at_case(failure or CodeVerdict("wrong_answer", False, "the program stopped before this "
                                                        "case ran"), index, len(cases))
-            if record["event"] == "not_plain":
-                return CodeVerdict("wrong_answer", False, f"case {index + 1}: {record['detail']}", index, len(cases))
-            got, want = decode_value(record["value"]), json.loads(case.get("output") or "null")
+            got, problem = (None, record["detail"]) if record["event"] == "not_plain" else _decoded(record["value"])
+            if problem:
+                return CodeVerdict("wrong_answer", False, f"case {index + 1}: {problem}", index, len(cases))
+            want = json.loads(case.get("output") or "null")
             if not values_equal(got, want, self.config.float_tolerance, json_expected=True):
                 return CodeVerdict("wrong_answer", False, f"case {index + 1}/{len(cases)}: expected "
                                    f"{_short(want)}, got {_short(got)}", index, len(cases))
@@ -186,12 +306,13 @@ class CodeVerifier:
         plan = rewrite_asserts(tests.get("test_code") or "", tests.get("entry_point"))
         total = max(1, len(plan.required))
         result, failure = self._execute(sandbox, {"kind": "assert", "code": code, "test_code": plan.code,
+                                                  "program_names": _names_from_program(plan.code),
                                                   "sites": max(1, len(plan.expected), len(plan.required))})
         if result is None:
             return failure
         seen: set[int] = set()
-        for record in result["records"]:
-            if record.get("event") not in ("value", "pair", "truth"):
+        for record in result["test_process"]["records"]:  # sites come from the test process only
+            if record["event"] not in ("value", "pair", "truth"):
                 continue
             site, passed_so_far = record["site"], len(seen & plan.required)
             seen.add(site)
@@ -199,13 +320,10 @@ class CodeVerifier:
             if problem:
                 return CodeVerdict("wrong_answer", False, f"assert #{site + 1}: {problem}", passed_so_far, total)
         passed = len(seen & plan.required)
+        failure = failure or _test_process_failure(result, result["oom_kills"])
         if failure:
-            verdict = failure.verdict
-            if verdict == "runtime_error" and ("AssertionError" in failure.detail or
-                                               "not plain data" in failure.detail):
-                verdict = "wrong_answer"  # the test code's own assert failed, or the function returned a fake value
-            return CodeVerdict(verdict, False, failure.detail, passed, total)
-        finished = any(r.get("event") == "finished" for r in result["records"])
+            return CodeVerdict(failure.verdict, failure.correct, failure.detail, passed, total)
+        finished = any(r["event"] == "finished" for r in result["test_process"]["records"])
         if not finished or not plan.required <= seen:
             return CodeVerdict("wrong_answer", False, "the tests did not run to the end (the program exited or "
                                "skipped asserts)", passed, total)
@@ -213,18 +331,20 @@ class CodeVerifier:
 
 
 def _assert_problem(record: dict, plan: AssertPlan, tolerance: float | None) -> str | None:
-    try:
-        if record["event"] == "value":
-            got, want = decode_value(record["value"]), plan.expected[record["site"]]
-            return None if values_equal(got, want, tolerance) else f"expected {_short(want)}, got {_short(got)}"
-        if record["event"] == "pair":
-            left, right = (decode_value(v) for v in record["value"])
-            return None if values_equal(left, right, tolerance) else f"{_short(left)} != {_short(right)}"
-        return None if decode_value(record["value"]) else "assertion is false"
-    except TypeError as exc:
-        return str(exc)
-    except (KeyError, ValueError, IndexError):
-        return "garbled report from the program"
+    if record["event"] == "value":
+        if record["site"] not in plan.expected:
+            return "a report for an assert that has no expected value"
+        (got, problem), want = _decoded(record["value"]), plan.expected[record["site"]]
+        same = problem is None and values_equal(got, want, tolerance)
+        return None if same else problem or f"expected {_short(want)}, got {_short(got)}"
+    if record["event"] == "pair":
+        if len(record["value"]) != 2:
+            return "a garbled value in the program's report"
+        (left, problem), (right, other) = (_decoded(v) for v in record["value"])
+        same = problem is other is None and values_equal(left, right, tolerance)
+        return None if same else problem or other or f"{_short(left)} != {_short(right)}"
+    got, problem = _decoded(record["value"])
+    return problem or (None if got else "assertion is false")
 
 
 def _at_case(verdict: CodeVerdict, index: int, total: int) -> CodeVerdict:

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from adaptcot.common.schemas import TEST_KINDS
 from adaptcot.common.terminal import bar
+from adaptcot.pool.assert_styles import UnusableTests, runnable_test_code
 from adaptcot.pool.sources import batched, open_source
 from adaptcot.verify.code_tests import CodeVerifier, CodeVerifyConfig
 from adaptcot.verify.math_answers import MathVerifier
@@ -39,9 +40,12 @@ class VerifyReport:
     rows: int = 0
     verdicts: Counter = field(default_factory=Counter)
     rejects: Counter = field(default_factory=Counter)
+    code_isolation: str | None = None  # what every code verdict ran under (the sandbox never falls back)
 
     def lines(self) -> list[str]:
         out = [f"verified {self.rows} rows: " + ", ".join(f"{v} {n}" for v, n in sorted(self.verdicts.items()))]
+        if self.code_isolation:
+            out.append(f"code verdicts ran under isolation: {self.code_isolation}")
         if self.rejects:
             out.append("rejected: " + ", ".join(f"{r} {n}" for r, n in sorted(self.rejects.items())))
         return out
@@ -75,6 +79,11 @@ def check_row(record: dict[str, Any]) -> tuple[str, str, Any]:
         raise RowProblem("bad_tests", f"tests need a kind of {', '.join(TEST_KINDS)}")
     if tests["kind"] == "assert" and not tests.get("test_code"):
         raise RowProblem("bad_tests", "assert tests without test_code")
+    if tests["kind"] == "assert":  # as the pool importer stores them: tests that cannot fail are refused
+        try:
+            tests = dict(tests, test_code=runnable_test_code(tests["test_code"], tests.get("entry_point")))
+        except UnusableTests as exc:
+            raise RowProblem("bad_tests", str(exc)) from None
     if tests["kind"] != "assert" and not tests.get("cases"):
         raise RowProblem("bad_tests", f"{tests['kind']} tests without cases")
     if tests["kind"] == "call" and not tests.get("fn_name"):
@@ -130,6 +139,8 @@ def verify_file(input_path: str, output: str, code_config: CodeVerifyConfig = Co
             rows = [dict(record, **verdict) for record, verdict in zip(good, verify_records(good, math, code))]
             report.rows += len(rows)
             report.verdicts.update(r["verdict"] for r in rows)
+            if any(r.get("domain") == "code" for r in good):
+                report.code_isolation = code_config.sandbox.isolation
             if output_path.suffix == ".jsonl":
                 jsonl.writelines(json.dumps(r, default=str) + "\n" for r in rows)
             else:

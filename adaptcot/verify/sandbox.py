@@ -6,13 +6,19 @@ One `Sandbox` is one long-lived runner process (`sandbox_runner.py`) inside bubb
 - filesystem: a fresh tmpfs root holding read-only /usr (and /lib*, /bin), the Python install, a small writable /tmp
   (size-capped, wiped after every program); nothing of the host's /root, /home, /work or /etc;
 - environment: cleared, then PATH, HOME, LANG only;
-- limits per test process: CPU seconds, address space, file size, open files, processes; wall time and output
-  size enforced by the runner; a `pids` and a `memory` cgroup around the whole sandbox when the host lets us create
-  them (always needed as root: RLIMIT_NPROC does not bind uid 0, even behind a user namespace).
+- privileges: started as root, the sandbox drops to uid/gid 65534 before bubblewrap (`setpriv`), so uid 65534
+  inside maps to an unprivileged host uid, not to root; no capabilities; a seccomp filter (`seccomp.py`) that denies
+  ptrace, new namespaces (nested user namespaces included, as does bwrap's `--disable-userns` where it has it),
+  keyrings, BPF, io_uring, mounts;
+- limits per test process: CPU seconds (the verdict "timeout"), address space, file size, open files, processes; a
+  wall-clock backstop and output size enforced by the runner; `pids` and `memory` cgroups around the whole sandbox
+  (needed as root: RLIMIT_NPROC does not bind uid 0) and a CPU quota where the host delegates the cpu controller
+  (`cgroups.py`).
 
-Where bubblewrap or user namespaces are unavailable, `isolation: auto` falls back to a plain subprocess with the same
-rlimits, a scrubbed environment, a temporary directory and process groups, and logs a loud warning: that fallback
-does not stop network access or reads of the host's files. `isolation: namespaces` refuses to run instead.
+Fails closed: `isolation: namespaces` (the default) raises `SandboxUnavailable`, naming the host, wherever any of
+this cannot be had. There is no automatic fallback. `isolation: none` is for trusted code only: a plain subprocess
+with the same rlimits and cgroups, a cleared environment and a temporary directory, as the caller's own uid; it CAN
+open network connections and read this machine's files, and it logs a loud warning.
 
 The runner reports what it observed; verdicts are decided by the caller (`code_tests.py`), which keeps the
 expected outputs: they never enter the sandbox.
@@ -20,43 +26,58 @@ expected outputs: they never enter the sandbox.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from adaptcot.common.settings import Strict
+from adaptcot.verify.cgroups import SandboxCgroups
+from adaptcot.verify.seccomp import seccomp_filter
 
 log = logging.getLogger(__name__)
 RUNNER_SOURCE = (Path(__file__).parent / "sandbox_runner.py").read_text()
-_SANDBOX_UID = 65534  # "nobody" inside the user namespace
-_FALLBACK_WARNING = ("SANDBOX ISOLATION IS OFF: {why}. Generated code now runs as a plain subprocess with rlimits, "
-                     "a scrubbed environment and a temporary directory, but it CAN open network connections and "
-                     "read this machine's files. Install bubblewrap (apt-get install bubblewrap) and allow user "
-                     "namespaces, or set sandbox.isolation: namespaces to refuse to run without them.")
+_SANDBOX_UID = 65534  # "nobody": inside the user namespace, and on the host when started as root
+_NO_ISOLATION_WARNING = ("SANDBOX ISOLATION IS OFF (sandbox.isolation: none): generated code runs as a plain "
+                         "subprocess with rlimits, a pids cgroup and a cleared environment, but it CAN open network "
+                         "connections and read this machine's files. Use it for trusted code only.")
 
 
 class SandboxConfig(Strict):
-    isolation: Literal["auto", "namespaces", "none"] = "auto"
-    timeout_s: float = Field(default=4.0, gt=0)  # wall time per test case (APPS and TACO judges use 4 s)
+    isolation: Literal["namespaces", "none"] = "namespaces"
+    timeout_s: float = Field(default=4.0, gt=0)  # CPU time per test case (APPS and TACO judges use 4 s); the wall
+    # clock stops a case only at 3 x timeout_s + 1 s (a sleeper), and that program is run once more before it counts
     memory_mb: int = Field(default=1024, ge=64)  # address space per test process; the cgroup allows twice that
     processes: int = Field(default=32, ge=1)  # processes and threads a program may run at once
     output_kb: int = Field(default=1024, ge=1)  # stdout per test case; more is a runtime error
     file_kb: int = Field(default=10240, ge=0)  # largest file a program may write
     open_files: int = Field(default=64, ge=8)
     tmpfs_mb: int = Field(default=64, ge=1)  # writable scratch space (counts against memory)
+    cpus: float = Field(default=1.0, gt=0)  # CPU quota of one sandbox (cgroup cpu.max), where the host allows it
     python: str | None = None  # interpreter for programs; default: this one (run with -I -S: standard library only)
+
+    @field_validator("isolation", mode="before")
+    @classmethod
+    def _no_fallback(cls, value):
+        if value == "auto":
+            raise ValueError("'auto' was removed: it fell back to an unisolated subprocess wherever isolation "
+                             "failed. Use 'namespaces' (the default: the job stops if a node cannot isolate) or "
+                             "'none' (trusted code only)")
+        return value
 
 
 class SandboxUnavailable(RuntimeError):
@@ -68,20 +89,58 @@ _probe_cache: dict[str, str | None] = {}
 
 
 def namespaces_problem(python: str | None = None) -> str | None:
-    """None if bubblewrap can start a namespaced Python here; else why not (cached per process)."""
+    """None if bubblewrap can start a namespaced Python here exactly as the sandbox does (privileges dropped, no
+    nested user namespaces, the seccomp filter); else why not. Cached per process and PATH."""
     python = python or sys.executable
-    if python not in _probe_cache:
-        if shutil.which("bwrap") is None:
-            _probe_cache[python] = "bubblewrap (bwrap) is not installed"
-        else:
-            cmd = _bwrap_command(python, SandboxConfig()) + ["-c", "print('ok')"]
-            try:
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-                ok = done.returncode == 0 and done.stdout.strip() == "ok"
-                _probe_cache[python] = None if ok else f"bwrap failed: {done.stderr.strip()[-300:]}"
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                _probe_cache[python] = f"bwrap failed: {exc}"
-    return _probe_cache[python]
+    key = f"{python}:{os.environ.get('PATH', '')}"
+    if key not in _probe_cache:
+        _probe_cache[key] = _probe(python)
+    return _probe_cache[key]
+
+
+def _probe(python: str) -> str | None:
+    if shutil.which("bwrap") is None:
+        return "bubblewrap (bwrap) is not on PATH (apt-get install bubblewrap)"
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        return "running as root, the sandbox drops privileges with setpriv (util-linux), which is not on PATH"
+    try:
+        with _seccomp_file() as seccomp:
+            cmd = _isolated_command(python, SandboxConfig(), seccomp.fileno()) + ["-c", "print('ok')"]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, pass_fds=(seccomp.fileno(),))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bwrap failed: {exc}"
+    if done.returncode == 0 and done.stdout.strip() == "ok":
+        return None
+    return f"bwrap failed: {done.stderr.strip()[-300:]}"
+
+
+def _seccomp_file():
+    """The seccomp filter in an unlinked file, to hand to bwrap as a descriptor."""
+    f = tempfile.TemporaryFile()
+    f.write(seccomp_filter())
+    f.flush()
+    f.seek(0)
+    return f
+
+
+_PYTHON_STAGING = "/run/adaptcot-python"
+# bwrap --die-with-parent kills the runner when the *thread* that started it exits (PR_SET_PDEATHSIG is per thread),
+# and callers verify from short-lived threads: every runner is started from this one thread, which lives as long
+# as the process.
+_LAUNCHER = ThreadPoolExecutor(1, thread_name_prefix="sandbox-launcher")
+
+
+def _isolated_command(python: str, config: SandboxConfig, seccomp_fd: int) -> list[str]:
+    """The command that starts `python` in the sandbox. Started as root, it drops to uid/gid 65534 (no
+    supplementary groups) before bubblewrap. That uid may not reach the interpreter (a pyenv install under /root,
+    mode 700), so an outer mount namespace, still root, first shows the install at a path it can read."""
+    exe, prefix = _interpreter(config.model_copy(update={"python": python}))
+    if os.geteuid() != 0:
+        return _bwrap_command(exe, prefix, prefix, config, seccomp_fd)
+    stage = ["bwrap", "--bind", "/", "/", "--dev-bind", "/dev", "/dev", "--tmpfs", "/run",
+             "--ro-bind", prefix, _PYTHON_STAGING, "--die-with-parent", "--"]
+    drop = ["setpriv", f"--reuid={_SANDBOX_UID}", f"--regid={_SANDBOX_UID}", "--clear-groups", "--"]
+    return stage + drop + _bwrap_command(exe, prefix, _PYTHON_STAGING, config, seccomp_fd)
 
 
 def _interpreter(config: SandboxConfig) -> tuple[str, str]:
@@ -93,10 +152,19 @@ def _interpreter(config: SandboxConfig) -> tuple[str, str]:
     return exe, str(prefix)
 
 
-def _bwrap_command(python: str, config: SandboxConfig) -> list[str]:
-    exe, prefix = _interpreter(config.model_copy(update={"python": python}))
-    cmd = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--as-pid-1",
-           "--cap-drop", "ALL", "--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID), "--ro-bind", "/usr", "/usr"]
+@functools.cache
+def _bwrap_can_disable_userns() -> bool:
+    try:
+        return "--disable-userns" in subprocess.run(["bwrap", "--help"], capture_output=True, text=True).stdout
+    except OSError:
+        return False
+
+
+def _bwrap_command(exe: str, prefix: str, prefix_source: str, config: SandboxConfig, seccomp_fd: int) -> list[str]:
+    no_nested_userns = ["--disable-userns"] if _bwrap_can_disable_userns() else []  # else the seccomp filter's job
+    cmd = ["bwrap", "--unshare-all", "--unshare-user", *no_nested_userns, "--die-with-parent", "--new-session",
+           "--as-pid-1", "--cap-drop", "ALL", "--uid", str(_SANDBOX_UID), "--gid", str(_SANDBOX_UID),
+           "--seccomp", str(seccomp_fd), "--ro-bind", "/usr", "/usr"]
     for top in ("bin", "sbin", "lib", "lib32", "lib64"):
         path = Path("/") / top
         if path.is_symlink():
@@ -104,7 +172,7 @@ def _bwrap_command(python: str, config: SandboxConfig) -> list[str]:
         elif path.is_dir():
             cmd += ["--ro-bind", str(path), str(path)]
     if not prefix.startswith("/usr/"):
-        cmd += ["--ro-bind", prefix, prefix]
+        cmd += ["--ro-bind", prefix_source, prefix]
     cmd += ["--dev", "/dev", "--proc", "/proc",
             "--size", str(config.tmpfs_mb << 20), "--tmpfs", "/tmp",
             "--size", str(1 << 20), "--tmpfs", "/dev/shm",
@@ -112,108 +180,6 @@ def _bwrap_command(python: str, config: SandboxConfig) -> list[str]:
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "LANG", "C.UTF-8",
             "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--", exe, "-I", "-S"]
     return cmd
-
-
-# --- cgroups ------------------------------------------------------------------------------------------------------
-class _Cgroups:
-    """A pids and a memory cgroup around one sandbox (cgroup v1 or v2), or none where the host does not allow it."""
-
-    def __init__(self, name: str, pids_max: int, memory_bytes: int):
-        self.dirs: list[Path] = []
-        self.memory_dir: Path | None = None
-        try:
-            for controller, settings in (("pids", {"pids.max": pids_max}),
-                                         ("memory", {"memory.limit_in_bytes": memory_bytes,
-                                                     "memory.memsw.limit_in_bytes": memory_bytes,
-                                                     "memory.max": memory_bytes, "memory.swap.max": 0})):
-                parent = _cgroup_parent(controller)
-                _remove_stale(parent)
-                path = parent / name
-                path.mkdir()
-                self.dirs.append(path)
-                for key, value in settings.items():
-                    if (path / key).exists():
-                        (path / key).write_text(str(value))
-                if controller == "memory":
-                    self.memory_dir = path
-        except OSError as exc:
-            self.remove()
-            self.dirs, self.problem = [], f"cannot create cgroups: {exc}"
-        else:
-            self.problem = None
-
-    def enter_command(self) -> list[str]:
-        """A shell prefix that moves itself into the cgroups, then execs the rest: children are born inside."""
-        moves = " && ".join(f"echo $$ > {shlex_quote(str(d / 'cgroup.procs'))}" for d in dict.fromkeys(self.dirs))
-        return ["sh", "-c", f"{moves} && exec \"$0\" \"$@\""] if moves else []
-
-    def oom_kills(self) -> int:
-        if self.memory_dir is None:
-            return 0
-        for name in ("memory.events", "memory.oom_control"):
-            path = self.memory_dir / name
-            if path.exists():
-                for line in path.read_text().splitlines():
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
-        return 0
-
-    def kill_all(self) -> None:
-        for _ in range(50):
-            pids = {int(p) for d in self.dirs if (d / "cgroup.procs").exists()
-                    for p in (d / "cgroup.procs").read_text().split()}
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.01)
-
-    def remove(self) -> None:
-        self.kill_all()
-        for path in self.dirs:
-            for _ in range(100):
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.01)
-
-
-def _remove_stale(parent: Path) -> None:
-    """Remove empty cgroups of sandboxes whose process was killed before it could (rmdir refuses a busy one).
-
-    Only old ones: a sandbox starting right now has an empty cgroup until its runner moves in."""
-    for stale in parent.glob("adaptcot-sandbox-*"):
-        try:
-            if stale.stat().st_mtime < time.time() - 300:
-                stale.rmdir()
-        except OSError:
-            pass
-
-
-def shlex_quote(text: str) -> str:
-    import shlex
-    return shlex.quote(text)
-
-
-def _cgroup_parent(controller: str) -> Path:
-    """Where to create a child cgroup for `controller`: under this process's own cgroup."""
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        v1 = Path("/sys/fs/cgroup") / controller
-        if controller in controllers.split(",") and v1.is_dir():
-            return v1 / path.lstrip("/")
-        if controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
-            unified = Path("/sys/fs/cgroup") / path.lstrip("/")
-            if controller in (unified / "cgroup.subtree_control").read_text().split():
-                return unified
-    raise OSError(f"no writable {controller} cgroup hierarchy")
 
 
 # --- The sandbox --------------------------------------------------------------------------------------------------
@@ -225,35 +191,37 @@ class Sandbox:
         self.isolated = self._choose_isolation()
         self.starts = 0  # how often a runner was started (restarts follow programs that broke one)
         self._proc: subprocess.Popen | None = None
-        self._cgroups: _Cgroups | None = None
+        self._cgroups: SandboxCgroups | None = None
         self._scratch: str | None = None
         self._pending = b""
         self._stderr = None
 
     def _choose_isolation(self) -> bool:
         if self.config.isolation == "none":
-            log.warning(_FALLBACK_WARNING.format(why="sandbox.isolation is 'none'"))
+            log.warning(_NO_ISOLATION_WARNING)
             return False
         problem = namespaces_problem(self.config.python)
-        if problem is None:
-            return True
-        if self.config.isolation == "namespaces":
-            raise SandboxUnavailable(f"sandbox.isolation is 'namespaces' but {problem}")
-        log.warning(_FALLBACK_WARNING.format(why=problem))
-        return False
+        if problem is not None:
+            raise SandboxUnavailable(f"host {socket.gethostname()} cannot isolate generated code: {problem}. "
+                                     "Nothing was verified. Give the node what the sandbox needs (docs/verification.md"
+                                     ", 'Where it runs'), or set sandbox.isolation: none for trusted code only")
+        return True
 
     # -- lifecycle
     def start(self) -> None:
         cfg = self.config
-        self._cgroups = _Cgroups(f"adaptcot-sandbox-{uuid.uuid4().hex[:12]}", pids_max=cfg.processes + 8,
-                                 memory_bytes=(2 * cfg.memory_mb + cfg.tmpfs_mb + 64) << 20)
-        if self._cgroups.problem and os.geteuid() == 0:
-            # RLIMIT_NPROC never binds uid 0, so only a pids cgroup stops a fork bomb here.
-            raise SandboxUnavailable(f"running as root, the sandbox needs a pids cgroup to limit processes, but "
-                                     f"{self._cgroups.problem}; run as a normal user or give the job cgroup access")
+        self._cgroups = SandboxCgroups(f"adaptcot-sandbox-{uuid.uuid4().hex[:12]}", pids_max=cfg.processes + 8,
+                                       memory_bytes=(2 * cfg.memory_mb + cfg.tmpfs_mb + 64) << 20, cpus=cfg.cpus)
+        if self._cgroups.problem and (os.geteuid() == 0 or not self.isolated):
+            # RLIMIT_NPROC never binds uid 0, and without a user namespace it counts the user's whole session:
+            # only a pids cgroup stops a fork bomb there.
+            self._stop()
+            raise SandboxUnavailable(f"host {socket.gethostname()}: the sandbox needs a pids cgroup to limit "
+                                     f"processes (as root, or with isolation: none), but {self._cgroups.problem}")
+        seccomp = _seccomp_file() if self.isolated else None
         if self.isolated:
             settings = {"scratch": "/tmp", "wipe": ["/tmp", "/dev/shm"]}
-            cmd = _bwrap_command(cfg.python or sys.executable, cfg)
+            cmd = _isolated_command(cfg.python or sys.executable, cfg, seccomp.fileno())
             env, cwd = None, None
         else:
             self._scratch = tempfile.mkdtemp(prefix="adaptcot-sandbox-")
@@ -264,8 +232,14 @@ class Sandbox:
         cmd = self._cgroups.enter_command() + cmd + ["-c", RUNNER_SOURCE, json.dumps(settings)]
         self._stderr = tempfile.TemporaryFile()  # the runner's own tracebacks, for sandbox errors
         self._pending = b""
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-                                      env=env, cwd=cwd, start_new_session=True, close_fds=True)
+        try:
+            self._proc = _LAUNCHER.submit(
+                subprocess.Popen, cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
+                cwd=cwd, start_new_session=True, close_fds=True,
+                pass_fds=(seccomp.fileno(),) if seccomp else ()).result()
+        finally:
+            if seccomp:
+                seccomp.close()  # bwrap has read it, or holds its own copy of the descriptor
         self.starts += 1
         ready = self._read_reply(deadline=time.monotonic() + 30)
         if ready is None or ready.get("status") != "ready":
@@ -309,39 +283,52 @@ class Sandbox:
 
     # -- one program
     def execute(self, request: dict) -> dict:
-        """Run one program's cases; returns the runner's report plus `oom_kills` and `runner_lost`.
+        """Run one program's cases; returns the runner's report plus `oom_kills`, `runner_lost` and `runner_problem`.
 
         `request`: kind, code, cases (stdin texts or JSON argument arrays), fn_name / test_code + sites.
-        The runner enforces the time limits itself; if it does not answer within them (plus slack), or dies,
-        the sandbox is restarted and the report says `runner_lost` (the program is blamed: it was running).
+        The runner enforces the time limits itself. A runner that misbehaves is replaced, not trusted: one that
+        does not answer within its wall-clock backstops (plus slack), dies, answers with a line that is unreadable
+        or does not echo this request's nonce, or fails itself, is stopped, and the report says `runner_lost` (the
+        caller re-runs the program once before blaming it). One whose wipe left something behind (`leftovers`:
+        files, SysV IPC objects) is replaced before the next program.
         """
         if self._proc is None or self._proc.poll() is not None:
             self._stop()
             self.start()
         cfg = self.config
-        request = dict(request, limits={
+        nonce = uuid.uuid4().hex  # a line written by anyone but the runner, or a stale one, cannot answer this request
+        request = dict(request, nonce=nonce, limits={
             "timeout_s": cfg.timeout_s, "memory_mb": cfg.memory_mb, "output_kb": cfg.output_kb,
             "file_kb": cfg.file_kb, "open_files": cfg.open_files,
             # RLIMIT_NPROC counts every process of the real uid; outside a user namespace that is the user's
             # whole session, so only the cgroup limits processes there.
             "rlimit_processes": cfg.processes if self.isolated and os.geteuid() != 0 else None})
         oom_before = self._cgroups.oom_kills() if self._cgroups else 0
-        n_units = max(1, len(request.get("cases") or ()), request.get("sites", 1))
-        budget = cfg.timeout_s * n_units + 10
         try:
             self._proc.stdin.write((json.dumps(request) + "\n").encode())
             self._proc.stdin.flush()
-            reply = self._read_reply(deadline=time.monotonic() + budget)
+            reply = self._read_reply(deadline=time.monotonic() + self._reply_budget(request))
         except (BrokenPipeError, OSError):
             reply = None
         oom = (self._cgroups.oom_kills() if self._cgroups else 0) - oom_before
-        if reply is None:
+        problem = _reply_problem(reply, nonce)
+        if problem:
             self._stop()
-            return {"status": "ok", "results": [], "runner_lost": True, "oom_kills": oom}
-        reply.update(runner_lost=False, oom_kills=oom)
+            return {"status": "ok", "results": [], "runner_lost": True, "runner_problem": problem, "oom_kills": oom}
+        if reply.get("leftovers"):
+            log.info("replacing a sandbox runner: after a program it still held %s", reply["leftovers"])
+            self._stop()  # the next execute starts a fresh one: nothing of this program reaches the next
+        reply.update(runner_lost=False, runner_problem=None, oom_kills=oom)
         return reply
 
+    def _reply_budget(self, request: dict) -> float:
+        """Seconds to wait for the runner: every case may run to the runner's wall-clock backstop, plus the wipe."""
+        from adaptcot.verify.sandbox_runner import wall_backstop  # the runner's own rule, on this side of the pipe
+        units = max(1, len(request.get("cases") or ()), request.get("sites", 1))
+        return wall_backstop(self.config.timeout_s) * units + 10
+
     def _read_reply(self, deadline: float) -> dict | None:
+        """The runner's next line as a JSON object; None if none came in time or it is not one."""
         fd = self._proc.stdout.fileno()
         while b"\n" not in self._pending:
             wait = deadline - time.monotonic()
@@ -353,6 +340,18 @@ class Sandbox:
             self._pending += chunk
         line, _, self._pending = self._pending.partition(b"\n")
         try:
-            return json.loads(line)
-        except ValueError:
+            reply = json.loads(line)
+        except (ValueError, RecursionError):
             return None
+        return reply if isinstance(reply, dict) else None
+
+
+def _reply_problem(reply: dict | None, nonce: str) -> str | None:
+    """Why a runner's reply cannot be trusted as the answer to the request with `nonce`, or None."""
+    if reply is None:
+        return "no readable reply in time (or the runner died)"
+    if reply.get("nonce") != nonce:
+        return "a reply that does not echo this request's nonce"
+    if reply.get("status") != "ok" or not isinstance(reply.get("results"), list) or not reply["results"]:
+        return f"the runner failed: {str(reply.get('detail'))[:300]}"
+    return None
