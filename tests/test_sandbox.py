@@ -34,10 +34,19 @@ def run(verifier, program, tests=SUM_TESTS):
     return verdict
 
 
-def sandbox_processes() -> list[psutil.Process]:
-    """The sandboxes' processes: this test process's descendants (a sandbox's cannot leave its PID namespace).
-    Counted here rather than machine-wide, which other jobs on the machine change while a test runs."""
-    return psutil.Process().children(recursive=True)
+def sandbox_processes(verifier) -> list[psutil.Process]:
+    """The verifier's sandbox processes: each runner's process and its descendants (nothing a program starts can
+    leave its sandbox's PID namespace). Counted here rather than machine-wide or under this test process, where other
+    jobs and the test session's own Ray workers come and go while a test runs."""
+    out = []
+    for sandbox in verifier._all:
+        proc = sandbox._proc
+        try:
+            runner = psutil.Process(proc.pid) if proc is not None else None
+            out += [runner, *runner.children(recursive=True)] if runner else []
+        except psutil.Error:
+            pass  # restarted meanwhile
+    return out
 
 
 def private_memory(process: psutil.Process) -> int:
@@ -47,13 +56,13 @@ def private_memory(process: psutil.Process) -> int:
         return 0  # gone meanwhile
 
 
-def peak_while(action, measure):
-    """(what action() returns, the largest measure(sandbox_processes()) seen while it ran)."""
+def peak_while(verifier, action, measure):
+    """(what action() returns, the largest measure(sandbox_processes(verifier)) seen while it ran)."""
     peak, stop = [0], threading.Event()
 
     def watch():
         while not stop.is_set():
-            peak[0] = max(peak[0], measure(sandbox_processes()))
+            peak[0] = max(peak[0], measure(sandbox_processes(verifier)))
 
     watcher = threading.Thread(target=watch)
     watcher.start()
@@ -106,19 +115,20 @@ def test_memory_spread_over_many_processes_is_stopped_by_the_cgroup(verifier):
                "        for i in range(0, len(x), 4096): x[i] = 1\n"
                "        time.sleep(60)\n"
                "time.sleep(60)\n")
-    verdict, peak = peak_while(lambda: run(verifier, program), lambda procs: sum(map(private_memory, procs)))
+    verdict, peak = peak_while(verifier, lambda: run(verifier, program),
+                               lambda processes: sum(map(private_memory, processes)))
     assert verdict.verdict in ("memory_limit", "timeout", "runtime_error")
     assert peak < 1 << 30  # 12 x 200 MB without the cgroup, which allows 2 x 256 + 128 MB
 
 
 # --- processes ------------------------------------------------------------------------------------------------------
 def test_a_fork_bomb_is_contained_and_leaves_nothing_behind(verifier):
-    before = len(sandbox_processes())
+    before = len(sandbox_processes(verifier))
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
-    verdict, peak = peak_while(lambda: run(verifier, bomb), len)
+    verdict, peak = peak_while(verifier, lambda: run(verifier, bomb), len)
     assert verdict.verdict in ("timeout", "runtime_error")
     assert peak - before <= LIMITS.processes + 16  # the pids cgroup: the sandbox's processes, plus slack
-    assert len(sandbox_processes()) <= before + 2
+    assert len(sandbox_processes(verifier)) <= before + 2
 
 
 def test_a_daemon_left_behind_is_killed(verifier):

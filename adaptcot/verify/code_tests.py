@@ -24,9 +24,10 @@ sandbox could start, an exception here) or test code this harness cannot run (ar
 
 Not covered: names the test code takes from the program are the program's own, so a program that rewrites a helper
 the test relies on (HumanEval/32's `poly`, /38's `encode_cyclic`) can pass those asserts; arguments a candidate
-mutates are not seen by the test; objects cross between the two processes as plain data only, so tests that build
-objects of the program's classes (a few MBPP tasks, `Pair(5, 24)`) fail, and tests that pass the program objects or
-functions of their own cannot run (sandbox_error); special judges (several right answers) and interactive problems
+mutates are not seen by the test; values cross between the two processes as plain data, and an object the test
+code makes from a class of the program's (MBPP/601's `Pair(5, 24)`) stays in the program's process as a handle the
+test code can only pass back; tests that pass the program objects or functions of their own cannot run
+(sandbox_error); special judges (several right answers) and interactive problems
 are not supported; programs get the standard library only (call tests run after LeetCode's usual pre-imports:
 `typing`, `collections`, `heapq`, `bisect`, `itertools`, `functools`).
 """
