@@ -59,7 +59,7 @@ def test_local_job_builds_models_imports_and_grades_and_reruns_add_nothing(tmp_p
     assert "by_level" in json.loads(evaluated.read_text())["benchmarks"]["synthetic-math"]
     report = (run_dir / "report.html").read_text()  # the job ends with its report
     assert all(f"data-figure='{key}'" in report for key in ("levels", "sampling", "teacher", "evaluation"))
-    assert "Code verdicts ran under sandbox isolation: namespaces (grading)" in report
+    assert "Sandbox isolation of code verdicts: namespaces (grading)" in report
 
     # What the person at the terminal sees: stage lines and bars, no library logs, no traceback; where things are.
     terminal = first.stdout + first.stderr

@@ -330,7 +330,7 @@ def code_isolation_note(cfg: JobConfig) -> str:
     """What every code verdict of the run ran under (the sandbox never falls back, so the config says it)."""
     where = {"grading": cfg.grade.verify.code, "the CoT filter": cfg.filter.code,
              "evaluation": eval_config(cfg, "before").verify.code}
-    return "Code verdicts ran under sandbox isolation: " + ", ".join(
+    return "Sandbox isolation of code verdicts: " + ", ".join(
         f"{config.sandbox.isolation} ({stage})" for stage, config in where.items()) + "."
 
 
