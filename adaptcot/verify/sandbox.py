@@ -47,6 +47,7 @@ from pydantic import Field, field_validator
 
 from adaptcot.common.settings import Strict
 from adaptcot.verify.cgroups import SandboxCgroups
+from adaptcot.verify.sandbox_runner import wall_backstop  # the runner's own rule, on this side of the pipe
 from adaptcot.verify.seccomp import seccomp_filter
 
 log = logging.getLogger(__name__)
@@ -323,7 +324,6 @@ class Sandbox:
 
     def _reply_budget(self, request: dict) -> float:
         """Seconds to wait for the runner: every case may run to the runner's wall-clock backstop, plus the wipe."""
-        from adaptcot.verify.sandbox_runner import wall_backstop  # the runner's own rule, on this side of the pipe
         units = max(1, len(request.get("cases") or ()), request.get("sites", 1))
         return wall_backstop(self.config.timeout_s) * units + 10
 
