@@ -78,3 +78,24 @@ def test_each_arm_changes_only_what_it_compares_and_reads_the_jobs_bank_and_eval
     assert (adaptive.train.data, adaptive.train.out) == ("/runs/job/ablation/adaptive-cot/seed=3/sft/sft_records.parquet",
                                                           "/runs/job/ablation/adaptive-cot/seed=3/train")
     assert (adaptive.grade.bank, adaptive.grade.pool) == ("/runs/job/bank", "/runs/job/pool")
+
+
+def test_the_curriculum_and_transfer_arms_draw_by_the_seeds_prior_and_by_the_peers_p_eval():
+    cfg = load_config(ROOT / "configs" / "local.yaml", ["run_dir=/runs/job", "ablation.seeds=[3]"])
+    curriculum, transfer, adaptive = (arm_config(cfg, arm, 3) for arm in
+                                      ("curriculum-cot", "transfer-cot", "adaptive-cot"))
+    assert curriculum.sample.distribution.kind == "curriculum"
+    assert set(curriculum.sample.distribution.weights) == {"wrong_near", "wrong_mild", "wrong_mid", "wrong_hard",
+                                                           "wrong_hardest"}  # the seeds' five-level P_C
+    # The transfer arm: the same eval pool, another student's levels on it (same grader settings, so cut points).
+    peer = transfer.sample.distribution
+    assert (peer.kind, peer.eval_pool) == ("eval", adaptive.sample.distribution.eval_pool)
+    name, gid = peer.student.split("@")
+    assert name == "peer" and gid != cfg.grade.grader_id() and adaptive.sample.distribution.student is None
+    assert {c.train.epochs for c in (curriculum, transfer, adaptive)} == {cfg.ablation.epochs}
+    assert {c.train.model for c in (curriculum, transfer)} == {"/runs/job/models/student"}  # the job's student learns
+
+
+def test_the_transfer_arm_needs_the_other_student():
+    with pytest.raises(ValueError, match="transfer_from"):
+        AblationConfig(arms=["adaptive-cot", "transfer-cot"])

@@ -106,7 +106,8 @@ ROWS = [  # (cot, drop_reason, verdict, correct)
     (cot("m3", "math", None, finish="length", tokens=8192), "truncated", None, None),  # also too long
     (cot("m4", "math", CLIPS_ANSWER, tokens=5000, level="wrong_hardest"), "too_long", None, None),
     (cot("m5", "math", None, error="HTTP 503 after 3 retries", verdict="passed", correct=True), "error", None, None),
-    (cot("m6", "math", "Adding both months, she sold 72 clips in total."), "bad_format", "no_answer", False),
+    (cot("m6", "math", "Adding both months gives the total number of clips she sold."), "bad_format", "no_answer",
+     False),  # no answer at all (a result stated in prose is read: see the extraction tests below)
     (cot("c3", "code", UNFENCED_PROGRAM, level="wrong_hardest"), "bad_format", "no_answer", False),
 ]
 QUESTIONS = [question(q, "math", CLIPS, "72") for q in ("m1", "m2", "m3", "m4", "m5", "m6")] + \
@@ -150,6 +151,33 @@ def test_checks_that_are_switched_off_let_rows_through_to_the_verifier(math, cod
     assert drops["m4"] is None  # no length limit: the right answer is kept
     assert drops["m3"] == drops["m6"] == drops["c3"] == "wrong_answer"  # no answer is a wrong answer
     assert drops["m5"] == "error"
+
+
+PROSE_CLIPS = "She sold 48 clips in April and 24 in May, so she sold 72 clips altogether."  # no box, no marker
+
+
+def test_a_finished_prose_answer_is_kept_and_counted_by_its_rule(math):
+    rows = [cot("m1", "math", CLIPS_ANSWER), cot("m2", "math", PROSE_CLIPS),
+            cot("m3", "math", PROSE_CLIPS, finish="length"), cot("m4", "math", PROSE_CLIPS, finish=None)]
+    cots, questions = tables(rows, [question(f"m{i}", "math", CLIPS, "72") for i in range(1, 5)])
+    config = CONFIG.model_copy(update={"drop_truncated": False})  # the cut-off CoT reaches the verifier
+    out = filter_cots(cots, questions, config, math, None)
+    assert column(out, "drop_reason") == [None, None, "bad_format", "bad_format"]  # only a finished CoT's prose
+    assert column(out, "verify_detail")[:2] == ["answer rule: boxed", "answer rule: last_expression"]
+    report = FilterReport.of(out, config.math_extraction)
+    assert report.rules == {"boxed": 1, "last_expression": 1}
+    assert report.lines()[-1] == "  kept math answers found by rule (extraction math_verify): boxed 1, last_expression 1"
+
+
+def test_strict_extraction_drops_a_prose_answer_as_bad_format():
+    config = CONFIG.model_copy(update={"math_extraction": "strict"})
+    cots, questions = tables([cot("m1", "math", PROSE_CLIPS)], [question("m1", "math", CLIPS, "72")])
+    with MathVerifier(workers=1, timeout_s=5.0, extraction=config.math_extraction) as strict:
+        out = filter_cots(cots, questions, config, strict, None)
+    assert column(out, "drop_reason") == ["bad_format"]
+    assert "  kept math answers found by rule (extraction strict): -" in FilterReport.of(out, "strict").lines()
+    with pytest.raises(ValidationError):
+        FilterConfig(math_extraction="lenient")
 
 
 def test_code_tests_may_arrive_as_json_text(math, code):

@@ -66,6 +66,24 @@ def test_multiple_choice_answers_vote_by_the_letter_chosen():
     assert metrics_of(samples)["overall"]["majority_vote"] == 1.0
 
 
+def test_metrics_count_which_rule_found_the_math_answers():
+    from adaptcot.evaluate.evaluation import format_metrics
+
+    attempts = pa.table({"question_id": ["a", "a", "b", "b"], "domain": ["math"] * 4, "sample_index": [0, 1] * 2,
+                         "response": ["\\boxed{1}", "So it is $1$.", "So it is $3$.", "So it is"],
+                         "num_tokens": [3] * 4, "finish_reason": ["stop", "stop", "stop", "length"],
+                         "verdict": ["passed", "passed", "wrong_answer", "no_answer"],
+                         "correct": [True, True, False, False],
+                         "answer_rule": ["boxed", "last_expression", "last_expression", None]})
+    samples = sample_rows(attempts, "bench", {})
+    assert samples["answer_rule"].to_pylist() == ["boxed", "last_expression", "last_expression", None]
+    m = metrics_of(samples)
+    assert m["answer_rules"] == {"boxed": {"answers": 1, "correct": 1}, "last_expression": {"answers": 2, "correct": 1}}
+    lines = format_metrics({"name": "student", "cascaded": False, "benchmarks": {"bench": m}})
+    assert lines[2] == "    answers found by rule: boxed 1 (1 correct), last_expression 2 (1 correct)"
+    assert "answer_rules" not in metrics_of(sample_rows(attempts.drop_columns(["answer_rule"]), "bench", {}))
+
+
 def test_gpqa_and_livecodebench_are_known_names():
     cfg = EvalConfig(model={"model": "m"}, benchmarks=["gpqa_diamond", "livecodebench"])
     gpqa, lcb = cfg.specs()

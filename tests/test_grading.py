@@ -125,3 +125,48 @@ def test_bad_models_fail_before_ray_starts(world):
         grading.preflight(cfg.model_copy(update={"prm": cfg.prm.model_copy(update={"step_token": "<step>"})}))
     with pytest.raises(ValueError, match="no prm model"):
         GradeConfig(pool=world["pool"], bank=world["bank"], student=cfg.student)
+
+
+def test_calibrated_cut_points_are_fitted_once_on_the_panel_and_shared_by_two_students(world, ray_session):
+    panel = {"students": [StudentConfig(model=str(world["models"]["teacher"]), name="panel-teacher", engine=ENGINE,
+                                        resources=SMALL, sampling=SamplingConfig(n=2, temperature=1.0,
+                                                                                 max_tokens=48))],
+             "questions": 6, "min_wrong_answers": 4}
+    bank_root = str(world["root"] / "calibrated-bank")
+    calibrated = GraderConfig(thresholds="calibrated")
+    first = prm_config(world, grader=calibrated, panel=panel).model_copy(update={"bank": bank_root})
+    report = grading.grade(first)
+    assert report.cut_points_from.startswith("calibrated on panel-teacher")
+    (member,) = report.panel
+    assert member["student"] == "panel-teacher" and 0 < member["samples_todo"] < 2 * 12  # a share of the pool
+    assert member["cut_points"] == report.cut_points
+    # A second student graded by the same scorer reuses the record: no panel run, the same cut points.
+    second_student = first.student.model_copy(update={"name": "tiny-student-2", "sampling": SamplingConfig(
+        n=1, temperature=0.7, max_tokens=48)})
+    second = grading.grade(first.model_copy(update={"student": second_student, "panel": None}))
+    assert second.panel == [] and second.cut_points == report.cut_points
+    assert second.cut_points_from == report.cut_points_from
+    assert bank.grader_cut_points(bank_root, first.grader_id()) == bank.grader_cut_points(
+        bank_root, first.model_copy(update={"student": second_student}).grader_id()) == report.cut_points
+
+
+def test_the_prm_stage_scores_the_first_steps_of_a_long_answer_and_skips_a_batch_with_no_wrong_one(world,
+                                                                                                  ray_session):
+    import ray
+
+    from adaptcot.grade.prm import PRMScorer
+
+    prm = PRMConfig(model=str(world["models"]["prm"]), dtype="float32", enforce_eager=True, max_model_len=256,
+                    max_steps=8, num_cpus=0.5)
+    long_answer = "\n\n".join(f"Step {i}: add {i}." for i in range(1, 40))
+    batches = [pa.table({"question": ["Add them."] * 2, "response": [long_answer, "Step 1: done."],
+                         "correct": [False, True]}),
+               pa.table({"question": ["Add them."], "response": ["All right."], "correct": [True]})]
+    ds = ray.data.from_arrow(batches).map_batches(
+        PRMScorer, fn_constructor_kwargs={"cfg": prm, "aggregation": "progress", "step_rule": "double_newline"},
+        concurrency=1, num_cpus=0.5, batch_size=None, batch_format="pyarrow")
+    rows = {r["response"]: r for r in ds.take_all()}
+    long_row = rows[long_answer]
+    assert long_row["steps_total"] == 39 and long_row["steps_scored"] == 8 and len(long_row["step_scores"]) == 8
+    assert long_row["prm_error"] is None and 0.0 <= long_row["prm_score"] <= 8 / 39
+    assert rows["Step 1: done."]["step_scores"] is None and rows["All right."]["prm_score"] is None

@@ -8,8 +8,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from adaptcot.common.schemas import BANK, LEVELS_EASIEST_FIRST
-from adaptcot.evaluate.report import FIGURES, eval_level_shares, write_report
+from adaptcot.common.schemas import BANK, LEVELS_EASIEST_FIRST, STEP_SCORES
+from adaptcot.evaluate.report import FIGURES, write_report
+from adaptcot.evaluate.report_levels import eval_level_shares
 from adaptcot.grade import bank
 from adaptcot.job.ablation import summarize
 
@@ -41,6 +42,13 @@ def make_run(run):
                  "prm_score": None, "attempts_ref": None} for i in range(n)]
         bank.write_part(pa.Table.from_pylist(rows, schema=BANK), bank.partition_dir(run / "bank", "bank", student, "g1"),
                         BANK)
+    # The PRM scores of student-a's wrong answers, cut at points calibrated for its scorer.
+    scores = pa.table({"question_id": [f"q{i}" for i in range(25)], "student": ["student-a"] * 25,
+                       "sample_index": pa.array([0] * 25, pa.int32()), "prm": ["prm"] * 25,
+                       "prm_score": pa.array([i / 25 for i in range(25)], pa.float32())})
+    bank.write_part(scores, bank.partition_dir(run / "bank", "step_scores", "student-a", "g1"), STEP_SCORES)
+    bank.save_grader(run / "bank", "g1", {"grader": {"mode": "prm", "thresholds": "calibrated"}, "scorer_id": "s1"})
+    (run / "bank" / "graders" / "cut_points-s1.json").write_text(json.dumps({"cut_points": [0.7, 0.5, 0.3, 0.1]}))
     (run / "samples").mkdir()
     (run / "samples" / "distribution.json").write_text(json.dumps(
         {"kind": "curriculum", "weights": {lv: w for lv, w in zip(levels, (0.3, 0.25, 0.2, 0.12, 0.08, 0.05))}}))
@@ -85,6 +93,8 @@ def test_report_renders_every_figure_offline(tmp_path):
     assert "<td>student-after-sft</td><td>toy</td><td>10 × 4</td><td>0.350</td><td>0.050</td><td>0.550</td>" in text
     assert ("<td>adaptive vs uniform sampling (CoT SFT)</td><td>toy</td><td>3</td><td>+0.050</td>"
             "<td>[+0.050, +0.050]</td><td>better (interval above 0)</td>") in text
+    # The cut points of the students with scored wrong answers, and no warning: their wrong levels spread.
+    assert "<tr><td>student-a</td><td>g1</td><td>25</td><td>0.700, 0.500, 0.300, 0.100</td><td>none</td></tr>" in text
     # Teacher per level: 2 CoTs per level, one kept (the one with fewer tokens).
     assert "<tr><td>easy</td><td>2</td><td>1</td><td>50%</td><td>400</td><td>100</td></tr>" in text
 
@@ -101,3 +111,25 @@ def test_report_says_what_is_missing(tmp_path):
     page = Page()
     page.feed(Path(write_report(tmp_path)).read_text())
     assert page.figures == {} and page.missing == {key for key, _, _ in FIGURES}
+
+
+def test_report_warns_when_wrong_levels_collapse_and_when_p_eval_overlaps_a_benchmark(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    make_run(run)
+    rows = [{"question_id": f"c{i}", "domain": "math", "student": "student-c", "grader_id": "g2",
+             "level": "wrong_hardest" if i < 40 else "wrong_hard", "difficulty_rank": 5, "pass_rate": 0.0,
+             "num_samples": 1, "prm_score": 0.01, "attempts_ref": None} for i in range(45)]
+    bank.write_part(pa.Table.from_pylist(rows, schema=BANK), bank.partition_dir(run / "bank", "bank", "student-c", "g2"),
+                    BANK)
+    scores = pa.table({"question_id": [r["question_id"] for r in rows], "student": ["student-c"] * 45,
+                       "sample_index": pa.array([0] * 45, pa.int32()), "prm": ["prm"] * 45,
+                       "prm_score": pa.array([0.01] * 45, pa.float32())})
+    bank.write_part(scores, bank.partition_dir(run / "bank", "step_scores", "student-c", "g2"), STEP_SCORES)
+    (run / "samples" / "distribution.json").write_text(json.dumps(
+        {"kind": "eval", "weights": {lv.value: 1 / 6 for lv in LEVELS_EASIEST_FIRST},
+         "provenance": {"graded_eval_questions": 30, "benchmark_overlap": {"questions": 7, "of": 30,
+                                                                           "allowed": True}}}))
+    text = Path(write_report(run)).read_text()
+    assert "wrong_hardest holds 89%" in text and "wrong_near 0%" in text
+    assert "P_eval was measured on 7 of 30 questions that a reported benchmark also holds" in text

@@ -71,3 +71,27 @@ def test_bad_arguments_fail_before_any_work(tmp_path, capsys):
     assert main(["verify", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.csv")]) == 2
     assert ".jsonl or .parquet" in capsys.readouterr().err
     assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "o.csv").exists()
+
+
+def test_a_prose_answer_is_read_only_from_a_row_that_says_it_finished(tmp_path, capsys):
+    prose = "There are 4 choices for the first seat and 3 for the second.\nSo there are 12 ways in total."
+    rows = [{"id": "stop", "response": prose, "reference_answer": "12", "finish_reason": "stop"},
+            {"id": "cut", "response": prose, "reference_answer": "12", "finish_reason": "length"},
+            {"id": "unknown", "response": prose, "reference_answer": "12"},
+            {"id": "boxed", "response": "So there are \\boxed{12} ways.", "reference_answer": "12"}]
+    path = tmp_path / "prose.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "verdicts.jsonl"
+    code, printed = verify(path, out, capsys)
+    assert code == 0, printed.err
+    verdicts = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["verdict"] for r in verdicts] == ["passed", "no_answer", "no_answer", "passed"]
+    assert [r["answer_rule"] for r in verdicts] == ["last_expression", None, None, "boxed"]
+    assert ("math answers found by rule: boxed 1, last_expression 1 (extraction math_verify; 3 rows without "
+            "finish_reason 'stop' read without the last expression)") in printed.out
+    from adaptcot.verify.files import verify_file
+
+    report = verify_file(str(path), str(tmp_path / "strict.jsonl"), math_extraction="strict")
+    strict = [json.loads(line) for line in (tmp_path / "strict.jsonl").read_text().splitlines()]
+    assert [r["verdict"] for r in strict] == ["no_answer", "no_answer", "no_answer", "passed"]
+    assert report.rules == {"boxed": 1} and report.math_extraction == "strict"

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pytest
 
 from adaptcot.common import schemas
-from adaptcot.verify.math_answers import (VERDICTS, MathVerifier, MathVerifyActor, Verdict, is_choice, verify_math,
-                                          verify_table)
+from adaptcot.verify.math_answers import (ANSWER_RULES, VERDICTS, MathVerifier, MathVerifyActor, Verdict, is_choice,
+                                          is_finished, verify_math, verify_table)
 
 # --- responses shaped like real model outputs ----------------------------------------------------------------------
 R1_STYLE = (  # DeepSeek-R1 / QwQ: long reasoning (with a rejected boxed guess) in <think>, then a short answer
@@ -84,7 +84,8 @@ CASES = [  # (reference, response, verdict)
     ("72", "", "no_answer"),
     ("72", "   \n", "no_answer"),
     ("72", "<think>\n48 + 24 = 72\n</think>\n", "no_answer"),
-    ("3", "So she has 3 apples left.", "no_answer"),  # no marker: we do not guess the last number in prose
+    # no marker in prose: with an unknown finish (the default of verify_math), the last number is not read
+    ("3", "So she has 3 apples left.", "no_answer"),
     # a response that is nothing but the answer
     ("72", "72", "passed"),
     ("\\frac{3}{4}", "$\\frac{3}{4}$", "passed"),
@@ -181,6 +182,135 @@ def test_an_exception_in_the_worker_is_an_error_not_a_crash(verifier):
     assert good.verdict == "passed"
 
 
+# --- Answers stated only in prose: the last-expression rule ----------------------------------------------------------
+# Written in the style of GPT-4 and Qwen answers to competition problems: no \boxed{}, no answer marker, the result
+# given in the last sentence or as the last display formula.
+PROSE = [  # (reference, response): the final answer stated only in prose or as the last formula
+    ("1", ("We can write $f(x) = x^2 - 2x + 2 = (x-1)^2 + 1$.\nSince $(x-1)^2 \\ge 0$ for all real $x$, we have "
+           "$f(x) \\ge 1$, with equality when $x = 1$.\nTherefore, the minimum value is $1$.")),
+    ("12", ("There are 4 choices for the first seat and 3 choices for the second seat.\nBy the multiplication "
+            "principle, $4 \\times 3 = 12$.\nSo there are 12 ways in total.")),
+    ("\\frac{3}{4}", "Multiplying both sides by 4 gives $4x + 2 = 5$, so $4x = 3$.\n\nThus $x = \\frac{3}{4}$."),
+    ("\\frac{\\sqrt{3}}{2}", ("In a 30-60-90 triangle the sides are $1$, $\\sqrt{3}$ and $2$, and the side opposite "
+                              "the $60^\\circ$ angle is $\\sqrt{3}$. Hence\n\\[\n\\sin 60^\\circ = "
+                              "\\frac{\\sqrt{3}}{2}.\n\\]")),
+    ("24", "The perimeter of the rectangle is $2(l + w) = 2(8 + 4) = 24$.\n\nHence, the perimeter is 24 units."),
+    ("5", "By the Pythagorean theorem, $c^2 = 3^2 + 4^2 = 25$, so $c = 5$.\nThe length of the hypotenuse is $5$."),
+    ("-2", ("Substituting $y = 3$ into the first equation gives $x + 2(3) = 4$, so $x = -2$.\n\n"
+            "The value of $x$ is $-2$.")),
+    ("\\frac{1}{6}", ("There are 36 equally likely outcomes, and 6 of them have a sum of 7: (1,6), (2,5), (3,4), "
+                      "(4,3), (5,2), (6,1).\nThe probability is $\\frac{6}{36} = \\frac{1}{6}$.")),
+    ("2\\sqrt{5}", ("The distance between $(1, 2)$ and $(5, 4)$ is\n$$\\sqrt{(5-1)^2 + (4-2)^2} = \\sqrt{16 + 4} = "
+                    "\\sqrt{20} = 2\\sqrt{5}.$$")),
+    ("(-\\infty, -2) \\cup (3, \\infty)", ("Factoring, $x^2 - x - 6 = (x - 3)(x + 2) > 0$. The product is positive "
+                                           "when both factors have the same sign, that is when $x < -2$ or $x > 3$."
+                                           "\n\nIn interval notation, the solution set is $(-\\infty, -2) \\cup "
+                                           "(3, \\infty)$.")),
+    ("15", ("Let $c$ be the number of cows and $h$ the number of chickens. Then $c + h = 30$ and $4c + 2h = 90$.\n"
+            "Subtracting twice the first equation from the second gives $2c = 30$, so $c = 15$.\n"
+            "The farmer has 15 cows.")),
+    ("60", "Speed is distance over time: $\\frac{180}{3} = 60$.\nSo the train travels at 60 km per hour."),
+    ("6", "The sum of the digits of 123 is $1 + 2 + 3 = 6$."),
+    ("\\frac{9}{2}", ("The triangle with vertices $(0,0)$, $(3,0)$ and $(0,3)$ has legs of length 3, so its area "
+                      "is\n$$\\frac{1}{2} \\cdot 3 \\cdot 3 = \\frac{9}{2}.$$")),
+    ("100", "Each of the 10 rows has 10 seats, so the auditorium seats $10 \\cdot 10 = 100$ people."),
+    ("\\pi", "The circle has radius $r = 1$, so its area is $\\pi r^2 = \\pi$."),
+    ("8", "Let $n$ be the number. Then $3n - 5 = 19$, so $3n = 24$ and $n = 8$.\n\nTherefore the number is 8."),
+    ("2", "The slope of the line through $(1, 3)$ and $(3, 7)$ is\n$$m = \\frac{7 - 3}{3 - 1} = \\frac{4}{2} = 2.$$"),
+    ("210", ("We choose 4 of the 10 people, and the order does not matter:\n$$\\binom{10}{4} = "
+             "\\frac{10 \\cdot 9 \\cdot 8 \\cdot 7}{4 \\cdot 3 \\cdot 2 \\cdot 1} = 210.$$\n"
+             "So the committee can be formed in 210 ways.")),
+    ("1.5", "Four apples cost \\$6, so one apple costs $6 \\div 4 = 1.5$ dollars."),
+    ("-\\frac{1}{2}", ("By Vieta's formulas, the sum of the roots of $2x^2 + x - 3 = 0$ is "
+                       "$-\\frac{b}{a} = -\\frac{1}{2}$.")),
+    ("9", ("### Step 1: Set up the equation\nLet $x$ be the width. Then the length is $x + 3$ and $x(x + 3) = 108$."
+           "\n\n### Step 2: Solve\n$x^2 + 3x - 108 = 0$ factors as $(x + 12)(x - 9) = 0$, so $x = 9$ (a width is "
+           "positive).\n\n### Conclusion\nThe width of the rectangle is **9**.")),
+    ("1, 3", "Factoring gives $(x - 1)(x - 3) = 0$, so the solutions are $x = 1$ and $x = 3$."),
+    ("72", ("<think>\nApril is 48, May is half of that, 24. Total 48 + 24 = 72.\n</think>\n\nNatalia sold 48 clips in "
+            "April and 24 clips in May, so she sold 72 clips altogether.")),
+    ("3", "Since $2^3 = 8$, we conclude that $\\log_2 8 = 3$."),
+    ("0", "Plugging in $x = 2$ gives $2^3 - 3 \\cdot 2^2 + 2 \\cdot 2 = 8 - 12 + 4 = 0$.\nSo $p(2) = 0$."),
+    ("35", ("The two trains close the gap at $40 + 30 = 70$ miles per hour, so they meet after "
+            "$\\frac{70}{70} = 1$ hour.\nIn that hour the bird flies $35$ miles.")),
+    ("\\frac{5}{12}", ("Adding the fractions over the common denominator 12:\n\\[\\frac{1}{4} + \\frac{1}{6} = "
+                       "\\frac{3}{12} + \\frac{2}{12} = \\frac{5}{12}\\]")),
+]
+NOT_CREDITED = [  # (reference, response, finish_reason, verdict): never passed, whatever the extraction
+    # cut off at the token limit with the right number as the last one
+    ("72", TRUNCATED_PLAIN, "length", "no_answer"),
+    ("12", "There are 4 choices for the first seat and 3 for the second, so there are 12", "length", "no_answer"),
+    # the finish reason is unknown (a row without one): treated as not finished
+    ("12", PROSE[1][1], None, "no_answer"),
+    # reasoning never closed, even though the server said it stopped
+    ("72", TRUNCATED_THINK, "stop", "no_answer"),
+    ("72", "<think>\nApril 48, May 24, so 72 in all.", "stop", "no_answer"),
+    # a finished answer whose last expression is wrong
+    ("1", "Completing the square, $f(x) = (x - 1)^2 + 2$.\nTherefore, the minimum value is $2$.", "stop",
+     "wrong_answer"),
+    ("12", "There are 4 choices for the first seat and 4 for the second.\nSo there are 16 ways in total.", "stop",
+     "wrong_answer"),
+    # Known limit: the last number is read even when the result came before it.
+    ("7", "So the remainder is 7 when divided by 9.", "stop", "wrong_answer"),
+]
+
+
+@pytest.mark.parametrize("reference,response", PROSE)
+def test_a_finished_prose_answer_is_credited_by_default_and_says_so(reference, response):
+    v = verify_math(response, reference, "math_verify", finished=True)
+    assert (v.verdict, v.rule) == ("passed", "last_expression"), v
+
+
+@pytest.mark.parametrize("reference,response", PROSE)
+def test_strict_extraction_reads_no_answer_from_prose(reference, response):
+    v = verify_math(response, reference, "strict", finished=True)
+    assert (v.verdict, v.rule) == ("no_answer", None), v
+
+
+@pytest.mark.parametrize("reference,response,finish_reason,expected", NOT_CREDITED)
+def test_unfinished_or_wrong_prose_answers_are_never_credited(reference, response, finish_reason, expected):
+    for extraction in ("math_verify", "strict"):
+        v = verify_math(response, reference, extraction, finished=is_finished(finish_reason))
+        assert v.verdict == (expected if extraction == "math_verify" else "no_answer"), (extraction, v)
+        assert v.correct is False
+
+
+def test_the_answer_rule_names_what_found_the_answer():
+    finished = {"extraction": "math_verify", "finished": True}
+    assert verify_math(R1_STYLE, "72", **finished).rule == "boxed"
+    assert verify_math(GSM8K_STYLE, "72", **finished).rule == "marker"
+    assert verify_math("The answer is $\\frac{1}{2}$.", "\\frac{1}{2}", **finished).rule == "marker"
+    assert verify_math("$\\frac{3}{4}$", "0.75", **finished).rule == "bare_line"
+    assert verify_math(PROSE[0][1], "1", **finished).rule == "last_expression"
+    assert verify_math("\\boxed{71}", "72", **finished).rule == "boxed"  # a wrong answer says how it was read
+    # multiple choice: the same rules, and a letter in prose is never guessed
+    assert [verify_math(r, "C", **finished).rule for r in ("\\boxed{C}", "The answer is (C).", "(C)")] == [
+        "boxed", "marker", "bare_line"]
+    assert verify_math("Option C fits the spectrum best.", "C", **finished).verdict == "no_answer"
+    # the strict rules read what they always read, whatever the finish
+    assert verify_math(R1_STYLE, "72", "strict").rule == "boxed"
+    assert ANSWER_RULES == ("boxed", "marker", "bare_line", "last_expression")
+
+
+def test_no_answer_says_why_the_last_expression_was_not_read():
+    assert "finish_reason 'stop'" in verify_math(PROSE[1][1], "12").detail  # finish unknown
+    assert "finish_reason" not in verify_math(PROSE[1][1], "12", "strict").detail
+    with pytest.raises(ValueError, match="extraction"):
+        verify_math("\\boxed{1}", "1", "lenient")
+    with pytest.raises(ValueError, match="extraction"):
+        MathVerifier(extraction="lenient")
+
+
+def test_worker_pool_reads_prose_only_from_finished_responses(verifier):
+    pairs = [(response, reference) for reference, response in PROSE[:4]]
+    assert [v.verdict for v in verifier.verify_many(pairs, [True] * 4)] == ["passed"] * 4
+    assert [v.verdict for v in verifier.verify_many(pairs)] == ["no_answer"] * 4  # finish unknown
+    with MathVerifier(workers=1, timeout_s=10.0, extraction="strict") as strict:
+        assert [v.verdict for v in strict.verify_many(pairs, [True] * 4)] == ["no_answer"] * 4
+    with pytest.raises(ValueError, match="finished flags"):
+        verifier.verify_many(pairs, [True])
+
+
 # --- Arrow tables --------------------------------------------------------------------------------------------------
 def _attempts() -> pa.Table:
     return pa.table({
@@ -198,6 +328,7 @@ def test_verify_table_adds_verdict_columns_row_for_row(verifier):
     assert out.column("correct").to_pylist() == [True, False, False, False, None]
     assert out.schema.field("correct").type == pa.bool_()
     assert "reasoning cut off" in out.column("verify_detail")[3].as_py()
+    assert out.column("answer_rule").to_pylist() == ["boxed", "marker", None, None, None]
 
 
 def test_verify_table_fills_the_attempts_tables_own_columns(verifier):
@@ -207,6 +338,24 @@ def test_verify_table_fills_the_attempts_tables_own_columns(verifier):
     out = verify_table(table, verifier)
     assert out.column_names == schemas.ATTEMPTS.names + ["reference_answer"]
     assert (out.column("verdict")[0].as_py(), out.column("correct")[0].as_py()) == ("passed", True)
+
+
+def test_verify_table_reads_prose_only_where_finish_reason_says_the_answer_finished(verifier):
+    prose = PROSE[1][1]  # "... So there are 12 ways in total."
+    attempt = {"domain": "math", "student": "s", "sample_index": 0}
+    rows = [dict(attempt, question_id="stop", response=prose, finish_reason="stop"),
+            dict(attempt, question_id="cut", response=prose, finish_reason="length"),
+            dict(attempt, question_id="unknown", response=prose, finish_reason=None),
+            dict(attempt, question_id="boxed", response="\\boxed{12}", finish_reason="length")]
+    table = pa.Table.from_pylist(rows, schema=schemas.ATTEMPTS).append_column("reference_answer",
+                                                                             pa.array(["12"] * 4))
+    out = verify_table(table, verifier)
+    assert out.column_names == schemas.ATTEMPTS.names + ["reference_answer"]  # answer_rule filled in place
+    assert out.column("verdict").to_pylist() == ["passed", "no_answer", "no_answer", "passed"]
+    assert out.column("answer_rule").to_pylist() == ["last_expression", None, None, "boxed"]
+    # without a finish_reason column no row counts as finished: the strict rules, never a guess
+    plain = verify_table(table.drop_columns(["finish_reason"]), verifier)
+    assert plain.column("verdict").to_pylist() == ["no_answer", "no_answer", "no_answer", "passed"]
 
 
 def test_verify_table_names_a_missing_column(verifier):
@@ -227,7 +376,7 @@ def test_ray_data_actor_grades_like_verify_table(ray_session, verifier):
             .to_arrow_refs())
     out = pa.concat_tables(ray.get(refs)).sort_by("question_id")
     assert out.column("question_id").to_pylist() == ["q0", "q1", "q2", "q3", "q4", "q5"]
-    for name in ("verdict", "correct", "verify_detail"):
+    for name in ("verdict", "correct", "verify_detail", "answer_rule"):
         assert out.column(name).to_pylist()[:5] == expected.column(name).to_pylist()
     # the time limit works inside a Ray actor too: the worker is killed, the verdict says so
     assert (out.column("verdict")[5].as_py(), out.column("correct")[5].as_py()) == ("timeout", None)

@@ -15,7 +15,9 @@ from enum import Enum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3  # 2: teacher_cots verdict and drop columns, samples, sft_records.cot_id; 3: pool.category
+# 2: teacher_cots verdict and drop columns, samples, sft_records.cot_id; 3: pool.category; 4: attempts.answer_rule,
+# step_scores.steps_scored and steps_total (older files read with those columns null)
+SCHEMA_VERSION = 4
 
 
 def _tagged(name: str, fields: list[pa.Field]) -> pa.Schema:
@@ -121,6 +123,9 @@ ATTEMPTS = _tagged("attempts", [
     pa.field("verdict", pa.string()),        # passed / wrong_answer / ... / error
     pa.field("correct", pa.bool_()),         # null when the verdict could not be decided
     pa.field("verify_detail", pa.string()),
+    # Which rule read the math answer: boxed / marker / bare_line / last_expression (verify/math_answers.py); null
+    # when none did, for code, and in attempts written before version 4.
+    pa.field("answer_rule", pa.string()),
     pa.field("error", pa.string()),
 ])
 
@@ -131,7 +136,9 @@ STEP_SCORES = _tagged("step_scores", [
     pa.field("prm", pa.string(), nullable=False),
     pa.field("step_scores", pa.list_(pa.float32())),
     pa.field("prm_score", pa.float32()),     # the step scores aggregated by the grader's rule
-    pa.field("prm_error", pa.string()),      # why a wrong answer has no score (e.g. too long for the PRM)
+    pa.field("prm_error", pa.string()),      # why a wrong answer has no score (e.g. the PRM's step count differs)
+    pa.field("steps_scored", pa.int32()),    # the first steps scored (a long answer is cut to fit the PRM)
+    pa.field("steps_total", pa.int32()),     # the steps of the whole response
 ])
 
 BANK = _tagged("bank", [

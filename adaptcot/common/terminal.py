@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import sys
 import time
 
@@ -56,12 +57,17 @@ class StageFailed(RuntimeError):
         self.stage = stage
 
 
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*: \S")  # "ValueError: ...", "adaptcot.x.SomeError: ..."
+
+
 def _one_line(error: BaseException) -> str:
     """`Type: message` on one line. An error that crossed a Ray worker carries the remote traceback as its message:
-    its last line is the original `Type: message` (the whole text goes to the log)."""
+    its last `Type: message` line that is not Ray's own wrapper is the original error (the whole text goes to the
+    log); Ray Data appends advice about retries after it."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if len(lines) > 1:
-        return lines[-1]
+        errors = [line for line in lines if _ERROR_LINE.match(line) and not line.startswith("ray.")]
+        return errors[-1] if errors else lines[-1]
     return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 

@@ -7,8 +7,9 @@ is right or wrong on its own, so a response can be checked step by step (`label_
 
 Splits (`SPLITS`), each a seeded draw of distinct problems:
 - `pool`: the raw question pool, 1-6 steps, most of them short (real pools hold more easy questions than hard ones);
-- `eval`: held-out questions on the same ladder, every length equally often (like a benchmark); P_eval comes from it;
+- `eval`: held-out questions on the same ladder, every length equally often (like a benchmark);
 - `ood`: 1-3 steps about people and things that appear nowhere in training (`OOD_NAMES`, `OOD_THINGS`);
+- `calibration`: like `eval`, a split of its own that P_eval is measured on (so no reported benchmark tunes it);
 - `train`: what `world_models` trains the student (short problems only) and the teacher (all lengths) on.
 
 `split_rows` gives rows in GSM8K's shape (`question`, `answer` ending "#### N", `steps`). The questions are templated:
@@ -45,6 +46,7 @@ SPLITS = {
     "eval": Split((1, 1, 1, 1, 1, 1), seed_offset=1000),
     "ood": Split((1, 1, 1), OOD_NAMES, OOD_THINGS, seed_offset=2000),
     "train": Split((1, 1, 1, 1, 1, 1), seed_offset=3000),
+    "calibration": Split((1, 1, 1, 1, 1, 1), seed_offset=4000),
 }
 
 
@@ -189,10 +191,13 @@ def label_steps(p: Problem, response: str) -> list[bool]:
 
 
 class WorldModelsConfig(Strict):
-    """Training budgets (optimizer steps of `batch_size` examples) and the student's slice of the ladder."""
+    """Training budgets (optimizer steps of `batch_size` examples) and the students' slice of the ladder."""
 
-    student_max_steps: int = Field(default=3, ge=1, le=6)  # the student never practises longer problems
+    # Trained on every length, briefly: reliable on short problems, slipping at some step of long ones, so its wrong
+    # answers go wrong at different points (a student trained on short problems only fails long ones at step 1).
+    student_max_steps: int = Field(default=6, ge=1, le=6)
     student_steps: int = Field(default=1500, ge=1)
+    peer_steps: int = Field(default=1000, ge=1)  # a second student, trained two thirds as long (the transfer arm)
     teacher_steps: int = Field(default=1800, ge=1)
     prm_steps: int = Field(default=400, ge=1)
     prm_traces: int = Field(default=1200, ge=10)  # student answers sampled and labelled for PRM training

@@ -2,12 +2,15 @@
 
 Random tiny models (`tiny_models`) prove the plumbing; these make the method visible. All three are small Qwen2
 transformers trained from scratch here, with a byte-level BPE tokenizer trained on the world's text:
-- the **student** (2 layers, hidden 64) learns problems of 1 to `student_max_steps` steps only: it solves short
-  problems and fails longer ones (a real level histogram), and can learn them from the teacher's CoTs;
+- the **student** (2 layers, hidden 64) learns problems of 1 to `student_max_steps` steps with a small budget: it
+  solves short problems and slips at some step of longer ones (a real level histogram), and can learn them from
+  the teacher's CoTs;
+- the **peer** is the same student trained for `peer_steps` (fewer): a second student of the world, graded into
+  the same bank (the transfer arm of the ablation, and one of the PRM's cut-point panel);
 - the **teacher** (2 layers, hidden 96) learns the whole ladder, 1 to 6 steps, with a larger budget: nearly all its
   CoTs verify;
 - the **PRM** (a `Qwen2ForProcessRewardModel`, as served by vLLM) learns P(step correct) at each step separator from
-  the student's own sampled answers, each line labelled by `world.label_steps`.
+  both students' sampled answers, each line labelled by `world.label_steps`.
 
 Both write the world's one solution format (`world.solution`). Small transformers learn this task in a sudden
 drop of the loss (the step where they learn to find the i-th sentence of the question); the default budgets sit
@@ -39,9 +42,11 @@ from adaptcot.grade.answering import MATH_PROMPT
 from adaptcot.grade.prm import prm_conversation, split_steps
 
 MARKER = "world_models.json"
+KINDS = ("student", "peer", "teacher", "prm")
 MAX_NEW_TOKENS = 160  # a 6-step solution is about 120 tokens
-BUILD_FORMAT = 2
-SHAPES = {"student": tiny_models.qwen2_shape(64, 192, 2, 2, 2), "teacher": tiny_models.qwen2_shape(96, 288, 2, 3, 3),
+BUILD_FORMAT = 3  # 3: the peer student; PRM traces from both students
+SHAPES = {"student": tiny_models.qwen2_shape(64, 192, 2, 2, 2), "peer": tiny_models.qwen2_shape(64, 192, 2, 2, 2),
+          "teacher": tiny_models.qwen2_shape(96, 288, 2, 3, 3),
           "prm": tiny_models.qwen2_shape(64, 192, 2, 2, 2)}
 
 
@@ -221,7 +226,7 @@ def _is_complete(out: Path, settings: dict) -> bool:
     except (OSError, ValueError):
         return False
     return found.get("settings") == settings and all(
-        (out / kind / "model.safetensors").is_file() for kind in ("student", "teacher", "prm"))
+        (out / kind / "model.safetensors").is_file() for kind in KINDS)
 
 
 def greedy_accuracy(model, tokenizer, problems: list[world.Problem]) -> float:
@@ -240,10 +245,10 @@ def accuracy_report(model, tokenizer, seed: int, per_level: int = 30) -> dict:
 
 def build_world_models(out_dir: str | Path, seed: int = 0, cfg: WorldModelsConfig = WorldModelsConfig(),
                        log=print) -> dict[str, Path]:
-    """Train student/, teacher/ and prm/ under `out_dir` (or reuse a complete build with the same settings)."""
+    """Train student/, peer/, teacher/ and prm/ under `out_dir` (or reuse a complete build with the same settings)."""
     out = Path(out_dir)
     settings = _settings(seed, cfg)
-    paths = {kind: out / kind for kind in ("student", "teacher", "prm")}
+    paths = {kind: out / kind for kind in KINDS}
     if _is_complete(out, settings):
         return paths
     (out / MARKER).unlink(missing_ok=True)
@@ -260,16 +265,23 @@ def build_world_models(out_dir: str | Path, seed: int = 0, cfg: WorldModelsConfi
     report["student"] = {"examples": len(student_pairs), "loss_first": losses[0], "loss_last": losses[-1]}
     log(f"[world-models] student trained in {time.time() - started:.0f} s, loss {losses[0]:.2f} -> {losses[-1]:.3f}")
 
+    peer, losses = train_lm("peer", tokenizer, student_pairs, cfg.peer_steps, cfg, seed + 5)
+    report["peer"] = {"examples": len(student_pairs), "loss_first": losses[0], "loss_last": losses[-1]}
+    log(f"[world-models] peer student trained in {time.time() - started:.0f} s, loss {losses[0]:.2f} -> "
+        f"{losses[-1]:.3f}")
+
     teacher_pairs = [(p.question, world.solution(p)) for p in train_problems]
     teacher, losses = train_lm("teacher", tokenizer, teacher_pairs, cfg.teacher_steps, cfg, seed + 1)
     report["teacher"] = {"examples": len(teacher_pairs), "loss_first": losses[0], "loss_last": losses[-1]}
     log(f"[world-models] teacher trained in {time.time() - started:.0f} s, loss {losses[0]:.2f} -> {losses[-1]:.3f}")
 
-    # The PRM learns from the student's own mistakes: sampled answers to fresh problems across the pool's ladder.
+    # The PRM learns from both students' mistakes: sampled answers to fresh problems across the pool's ladder.
     rng = random.Random(seed + 2)
     trace_problems = [world.problem(rng, rng.randint(1, 6)) for _ in range(cfg.prm_traces)]
     questions = [p.question for p in trace_problems]
-    responses = sample_answers(student, tokenizer, questions, MAX_NEW_TOKENS, 1.0, seed + 2)
+    half = len(questions) // 2
+    responses = sample_answers(student, tokenizer, questions[:half], MAX_NEW_TOKENS, 1.0, seed + 2) + \
+        sample_answers(peer, tokenizer, questions[half:], MAX_NEW_TOKENS, 1.0, seed + 6)
     prm, losses, examples = train_prm(tokenizer, list(zip(questions, responses)), cfg, seed + 3)
     wrong = sum(0 in [y for y in labels if y != -100] for _, labels in examples)
     heldout = [world.problem(rng, rng.randint(1, 6)) for _ in range(200)]
@@ -284,11 +296,11 @@ def build_world_models(out_dir: str | Path, seed: int = 0, cfg: WorldModelsConfi
         f"({wrong} with a wrong step), loss {losses[0]:.2f} -> {losses[-1]:.3f}; held-out step accuracy "
         f"{accuracy:.2f} (always the commoner label: {baseline:.2f})")
 
-    for kind, model in (("student", student), ("teacher", teacher), ("prm", prm)):
+    for kind, model in (("student", student), ("peer", peer), ("teacher", teacher), ("prm", prm)):
         tiny_models.save_model(model, tokenizer, paths[kind])
     shutil.copyfile(prm_modeling.__file__, paths["prm"] / "prm_modeling.py")
     report["greedy_accuracy"] = {kind: accuracy_report(m, tokenizer, seed)
-                                 for kind, m in (("student", student), ("teacher", teacher))}
+                                 for kind, m in (("student", student), ("peer", peer), ("teacher", teacher))}
     report["seconds"] = round(time.time() - started, 1)
     log(f"[world-models] greedy accuracy by steps and OOD: {json.dumps(report['greedy_accuracy'])}")
     tmp = out / f".{MARKER}.{os.getpid()}"

@@ -8,9 +8,11 @@ from __future__ import annotations
 import math
 import statistics
 
-ARMS = ("adaptive-cot", "uniform-cot", "adaptive-cascod")
+ARMS = ("adaptive-cot", "uniform-cot", "curriculum-cot", "transfer-cot", "adaptive-cascod")
 # (name, arm, baseline): the difference arm - baseline, seed by seed.
 COMPARISONS = (("adaptive vs uniform sampling (CoT SFT)", "adaptive-cot", "uniform-cot"),
+               ("adaptive (P_eval) vs the curriculum prior P_C (CoT SFT)", "adaptive-cot", "curriculum-cot"),
+               ("own P_eval vs another student's P_eval (transfer, CoT SFT)", "adaptive-cot", "transfer-cot"),
                ("CasCoD vs standard CoT (adaptive sample)", "adaptive-cascod", "adaptive-cot"))
 METRICS = ("accuracy", "tokens_mean")
 # Two-sided 95% Student t quantiles by degrees of freedom (no scipy in the environment); 1.96 beyond 30.
@@ -49,6 +51,9 @@ def summarize(results: list[dict]) -> dict:
         for b, per_metric in diffs.items():
             acc = per_metric["accuracy"]
             per_metric["verdict"] = verdict(acc)
+            # The interval's half-width: the smallest accuracy difference this many seeds can tell from 0 (a true
+            # difference of that size is called about half the time; twice it, nearly always).
+            per_metric["detectable"] = None if acc["high"] is None else acc["high"] - acc["mean"]
         comparisons.append({"name": name, "arm": arm, "baseline": base, "seeds": paired, "difference": diffs})
     return {"arms": arms, "comparisons": comparisons, "seeds": sorted({r["seed"] for r in results})}
 
@@ -70,6 +75,7 @@ def summary_lines(summary: dict) -> list[str]:
         for bench, d in c["difference"].items():
             acc, tok = d["accuracy"], d["tokens_mean"]
             ci = "" if acc["low"] is None else f" [{acc['low']:+.3f}, {acc['high']:+.3f}]"
-            lines.append(f"  {bench}: accuracy {acc['mean']:+.3f}{ci} ({d['verdict']}); tokens/response "
+            detectable = f", detectable ±{d['detectable']:.3f}" if d.get("detectable") is not None else ""
+            lines.append(f"  {bench}: accuracy {acc['mean']:+.3f}{ci} ({d['verdict']}{detectable}); tokens/response "
                          f"{tok['mean']:+.1f}")
     return lines

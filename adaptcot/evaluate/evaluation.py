@@ -16,9 +16,15 @@ that rationale; the answer is verified, and tokens are counted over both generat
 Levels: with `levels.bank` set, each question's difficulty level for `levels.student` is read from the bank
 (questions not in the bank get none), so every metric is also reported per level.
 
+Math answers are read as grading reads them (`verify.math_extraction`, default `math_verify`: a box, an answer
+marker, a one-line answer, else the last expression of a response that finished); each sample records the rule
+that found its answer (`answer_rule`) and metrics.json counts them per benchmark (`answer_rules`: rule -> answers
+found, of them correct).
+
 Majority vote groups math answers by their last \\boxed{} content with spaces removed, so equivalent answers written
 differently ("1/2", "0.5") vote apart; multiple-choice answers by the letter chosen
-(`verify/math_answers.py::read_choice`). Code answers have no answer key (no majority vote).
+(`verify/math_answers.py::read_choice`). Code answers have no answer key (no majority vote), and neither have math
+answers found by another rule than a box (a marker, a one-line answer, the last expression): they do not vote.
 """
 
 from __future__ import annotations
@@ -39,12 +45,18 @@ from adaptcot.common.runtime import collect_blocks
 from adaptcot.common.settings import Strict
 from adaptcot.evaluate import metrics as eval_metrics
 from adaptcot.grade import bank
-from adaptcot.grade.answering import (SamplingConfig, StudentConfig, answer_processor, build_messages, expand_samples,
-                                      to_attempt_row)
+from adaptcot.grade.answering import (
+    SamplingConfig,
+    StudentConfig,
+    answer_processor,
+    build_messages,
+    expand_samples,
+    to_attempt_row,
+)
 from adaptcot.pool.presets import last_boxed
 from adaptcot.sft.records import RATIONALE_PROMPT
 from adaptcot.verify.attempts import VerifyConfig, verify_dataset
-from adaptcot.verify.math_answers import is_choice, read_choice
+from adaptcot.verify.math_answers import ANSWER_RULES, is_choice, read_choice
 
 EVAL_SAMPLING = SamplingConfig(n=8, temperature=0.6, top_p=0.95, max_tokens=2048)
 POOL_COLUMNS = ["question_id", "domain", "question", "reference_answer", "tests", "starter_code", "category"]
@@ -165,6 +177,8 @@ def sample_rows(attempts: pa.Table, benchmark: str, levels: dict[str, str],
         "sample_index": attempts["sample_index"], "response": attempts["response"],
         "num_tokens": attempts["num_tokens"], "finish_reason": attempts["finish_reason"],
         "verdict": attempts["verdict"],
+        "answer_rule": (attempts["answer_rule"] if "answer_rule" in attempts.column_names
+                        else pa.nulls(attempts.num_rows, pa.string())),
         # An attempt nothing was decided about (engine or verifier error) counts as not correct here, and is
         # visible in `verdict`.
         "correct": pc.fill_null(attempts["correct"], False),
@@ -180,7 +194,24 @@ def metrics_of(samples: pa.Table) -> dict:
     for column, key in (("level", "by_level"), ("category", "by_category")):
         if samples.num_rows and column in samples.column_names and pc.any(pc.is_valid(samples[column])).as_py():
             out[key] = eval_metrics.summarize_by(samples, column)
+    if rules := answer_rule_counts(samples):
+        out["answer_rules"] = rules
     return out
+
+
+def answer_rule_counts(samples: pa.Table) -> dict[str, dict[str, int]]:
+    """Which rule found the math answers: rule -> {"answers": samples, "correct": of them correct}, in the order of
+    `ANSWER_RULES`; empty without an `answer_rule` column or any answer found."""
+    if "answer_rule" not in samples.column_names:
+        return {}
+    counts: dict[str, dict[str, int]] = {}
+    for rule, correct in zip(samples["answer_rule"].to_pylist(), samples["correct"].to_pylist()):
+        if rule is not None:
+            count = counts.setdefault(rule, {"answers": 0, "correct": 0})
+            count["answers"] += 1
+            count["correct"] += bool(correct)
+    order = [r for r in ANSWER_RULES if r in counts] + sorted(set(counts) - set(ANSWER_RULES))
+    return {r: counts[r] for r in order}
 
 
 # --- Ray parts -------------------------------------------------------------------------------------------------------
@@ -315,6 +346,9 @@ def format_metrics(metrics: dict) -> list[str]:
                      + (f", maj@n {o['majority_vote']:.3f}" if "majority_vote" in o else "")
                      + f", tokens mean {o.get('tokens_mean', 0):.0f} (p90 {o.get('tokens_p90', 0):.0f}), "
                        f"truncated {o.get('truncation_rate', 0):.1%}")
+        if m.get("answer_rules"):
+            lines.append("    answers found by rule: " + ", ".join(
+                f"{r} {c['answers']} ({c['correct']} correct)" for r, c in m["answer_rules"].items()))
         if m.get("by_category"):
             order = sorted(m["by_category"], key=lambda c: (_DIFFICULTY_ORDER.get(c, len(_DIFFICULTY_ORDER)), c))
             lines.append("    by category: " + ", ".join(

@@ -2,6 +2,8 @@
 
 Figures, each drawn when its data is in the run directory and otherwise listed with what is missing:
 - level histogram per student and grader (`bank/`);
+- the raw PRM scores of each student's wrong answers with the cut points, and warnings when a wrong level holds
+  under 5% of the wrong questions or one holds most of them (`bank/step_scores`, `bank/graders`);
 - P_eval and P_C against the sampled set's levels (`samples/distribution.json`, `samples.parquet`; P_eval also from
   the levels of the evaluated questions in `eval/*-before/samples.parquet` when sampling used P_C);
 - teacher CoTs kept and dropped per level, keep rate and teacher tokens per level (`teach/cots.parquet`);
@@ -17,67 +19,19 @@ from __future__ import annotations
 
 import html
 import json
-from collections import Counter
 from pathlib import Path
 
 from adaptcot.common import html_page, storage
 from adaptcot.common.html_page import figure, grouped_bars, png
-from adaptcot.common.schemas import LEVELS_EASIEST_FIRST
-
-LEVEL_ORDER = [lv.value for lv in LEVELS_EASIEST_FIRST]
-
-
-def level_histograms(run: str):
-    from adaptcot.grade import bank
-
-    rows = bank.summary(storage.join(run, "bank"))
-    if not rows:
-        return None, "no graded student in bank/"
-    plt, fig, ax = figure()
-    grouped_bars(ax, {f"{r['student']} ({r['questions']} q)": r["levels"] for r in rows}, LEVEL_ORDER)
-    ax.set_ylabel("questions")
-    ax.set_title("Difficulty levels per student")
-    return png(plt, fig), None
-
-
-def eval_level_shares(run: str) -> tuple[dict[str, float], int] | None:
-    """P_eval read off an evaluation of the graded student: the level shares of its evaluated questions that the
-    bank holds (the student's own levels, so this is its level histogram on the eval set)."""
-    for model in storage.list_dirs(storage.join(run, "eval")):
-        path = storage.join(run, "eval", model, "samples.parquet")
-        if not model.endswith("-before") or not storage.exists(path):
-            continue
-        table = storage.read_table(path, columns=["question_id", "level"])
-        levels = {q: lv for q, lv in zip(table["question_id"].to_pylist(), table["level"].to_pylist()) if lv}
-        if levels:
-            counts = Counter(levels.values())
-            return {lv: counts.get(lv, 0) / len(levels) for lv in LEVEL_ORDER}, len(levels)
-    return None
-
-
-def sampling_distribution(run: str):
-    dist_path, samples_path = storage.join(run, "samples", "distribution.json"), storage.join(run, "samples",
-                                                                                           "samples.parquet")
-    if not storage.exists(dist_path) or not storage.exists(samples_path):
-        return None, "no samples/distribution.json and samples.parquet"
-    dist = json.loads(storage.read_text(dist_path))
-    counts = Counter(storage.read_table(samples_path, columns=["level"])["level"].to_pylist())
-    total = sum(counts.values()) or 1
-    groups = {}
-    if dist["kind"] == "eval":
-        graded = dist.get("provenance", {}).get("graded_eval_questions")
-        groups[f"P_eval (used; {graded} eval questions)"] = dist["weights"]
-    else:
-        groups["P_C (curriculum prior, used)"] = dist["weights"]
-        measured = eval_level_shares(run)
-        if measured:
-            groups[f"P_eval (student's levels on {measured[1]} eval questions)"] = measured[0]
-    groups[f"sampled set ({total} questions)"] = {k: v / total for k, v in counts.items()}
-    plt, fig, ax = figure()
-    grouped_bars(ax, groups, LEVEL_ORDER)
-    ax.set_ylabel("share of questions")
-    ax.set_title("Difficulty distributions and the sampled questions")
-    return png(plt, fig), None
+from adaptcot.evaluate.report_levels import (
+    LEVEL_ORDER,
+    grading_answer_rules,
+    level_histograms,
+    level_warning_table,
+    prm_score_histograms,
+    sampling_distribution,
+    sampling_notes,
+)
 
 
 def teacher_levels(run: str) -> list[dict]:
@@ -173,7 +127,8 @@ def eval_results(run: str) -> list[dict]:
                             "tokens_per_correct": o.get("tokens_per_correct"), "questions": o["questions"],
                             "samples_per_question": o.get("samples_per_question"),
                             "pass_at_n": ks.get(top) if top else None, "majority_vote": o.get("majority_vote"),
-                            "truncation_rate": o.get("truncation_rate", 0.0)})
+                            "truncation_rate": o.get("truncation_rate", 0.0),
+                            "answer_rules": rule_text(m.get("answer_rules") or {})})
     return out
 
 
@@ -261,19 +216,27 @@ def ablation_table(run: str) -> str:
         for bench, d in c["difference"].items():
             acc, tok = d["accuracy"], d["tokens_mean"]
             interval = "" if acc["low"] is None else f"[{acc['low']:+.3f}, {acc['high']:+.3f}]"
+            detectable = None if d.get("detectable") is None else f"±{d['detectable']:.3f}"
             rows.append([c["name"], bench, len(c["seeds"]), f"{acc['mean']:+.3f}", interval, d["verdict"],
-                         f"{tok['mean']:+.1f}"])
+                         detectable, f"{tok['mean']:+.1f}"])
     return html_page.table("ablation", ["comparison", "benchmark", "seeds", "accuracy difference", "95% CI",
-                                        "verdict", "tokens / response difference"], rows)
+                                        "verdict", "smallest detectable", "tokens / response difference"], rows)
+
+
+def rule_text(rules: dict) -> str:
+    """{rule: {"answers", "correct"}} -> "boxed 600 (423 right), last_expression 21 (2 right)"."""
+    return ", ".join(f"{rule} {c['answers']} ({c['correct']} right)" for rule, c in rules.items())
 
 
 def eval_table(rows: list[dict]) -> str:
     return html_page.table("evaluation", ["model", "benchmark", "questions × n", "accuracy", "± SE", "pass@n",
-                                          "maj@n", "tokens / response", "tokens / correct", "truncated"],
+                                          "maj@n", "tokens / response", "tokens / correct", "truncated",
+                                          "math answers found by rule"],
                            [[r["model"], r["benchmark"], f"{r['questions']} × {r['samples_per_question']}",
                              r["accuracy"], r["accuracy_se"], r["pass_at_n"], r["majority_vote"],
                              f"{r['tokens_mean']:.0f}", None if r["tokens_per_correct"] is None
-                             else f"{r['tokens_per_correct']:.0f}", f"{r['truncation_rate']:.1%}"] for r in rows])
+                             else f"{r['tokens_per_correct']:.0f}", f"{r['truncation_rate']:.1%}",
+                             r["answer_rules"]] for r in rows])
 
 
 def teacher_table(rows: list[dict]) -> str:
@@ -284,12 +247,14 @@ def teacher_table(rows: list[dict]) -> str:
 
 
 FIGURES = (("levels", "Difficulty levels", level_histograms),
+           ("prm_scores", "PRM scores of wrong answers", prm_score_histograms),
            ("sampling", "Sampling distribution", sampling_distribution),
            ("teacher", "Teacher CoTs", teacher_per_level),
            ("training", "Training", training_loss),
            ("levels_eval", "Before and after SFT, per level", accuracy_per_level),
            ("evaluation", "Accuracy against tokens", accuracy_vs_tokens),
-           ("ablation", "Ablation: adaptive vs uniform sampling, CasCoD vs CoT", ablation_figure))
+           ("ablation", "Ablation: P_eval vs uniform, P_C and another student's P_eval; CasCoD vs CoT",
+            ablation_figure))
 
 
 def render(run_dir: str | Path, notes: tuple[str, ...] = ()) -> str:
@@ -297,7 +262,10 @@ def render(run_dir: str | Path, notes: tuple[str, ...] = ()) -> str:
     run = str(run_dir)
     tables = {"teacher": lambda: teacher_table(teacher_levels(run)),
               "evaluation": lambda: eval_table(eval_results(run)),
-              "ablation": lambda: ablation_table(run)}
+              "ablation": lambda: ablation_table(run),
+              "prm_scores": lambda: level_warning_table(run),
+              "levels": lambda: grading_answer_rules(run),
+              "sampling": lambda: sampling_notes(run)}
     body = [f"<p class='note' data-note='{i}'>{html.escape(note)}</p>" for i, note in enumerate(notes)]
     for key, title, draw in FIGURES:
         image, missing = draw(run)

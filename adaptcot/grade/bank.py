@@ -46,6 +46,9 @@ def write_part(table: pa.Table, directory: str | Path, schema: pa.Schema, name: 
     if table.num_rows == 0:
         return None
     final = storage.join(str(directory), name or f"part-{uuid.uuid4().hex}.parquet")
+    for f in schema:  # a column added to the schema since a writer was written stays null (never a required one)
+        if f.nullable and f.name not in table.column_names:
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
     storage.write_table(table.select(schema.names).cast(schema), final)
     return final
 
@@ -87,6 +90,27 @@ def save_grader(root: str | Path, gid: str, description: dict) -> None:
         storage.write_text(path, json.dumps(description, indent=2, sort_keys=True))
 
 
+def cut_points_path(root: str | Path, sid: str) -> str:
+    """Where the cut points calibrated for scorer `sid` are kept (`grade/calibration.py`)."""
+    return storage.join(str(root), "graders", f"cut_points-{sid}.json")
+
+
+def grader_cut_points(root: str | Path, gid: str) -> list[float] | None:
+    """The cut points a grader cut wrong levels at: given in its config, or its scorer's calibrated record; None for
+    pass_rate grading or an unknown grader."""
+    path = storage.join(str(root), "graders", f"{gid}.json")
+    if not storage.exists(path):
+        return None
+    description = json.loads(storage.read_text(path))
+    grader = description.get("grader", {})
+    if grader.get("mode") != "prm":
+        return None
+    if grader.get("thresholds") != "calibrated":
+        return list(grader.get("thresholds"))
+    record = cut_points_path(root, description.get("scorer_id", ""))
+    return json.loads(storage.read_text(record))["cut_points"] if storage.exists(record) else None
+
+
 def partitions(root: str | Path) -> list[tuple[str, str]]:
     """(student slug, grader id) of every bank partition."""
     base = storage.join(str(root), "bank")
@@ -121,7 +145,8 @@ def summary(root: str | Path) -> list[dict]:
         first = storage.dataset(files[:1], schemas.BANK).head(1, columns=["student"]) if files else None
         levels = level_counts(files)
         out.append({"student": first["student"][0].as_py() if first is not None and first.num_rows else slug,
-                    "grader_id": gid, "questions": sum(levels.values()), "levels": levels})
+                    "grader_id": gid, "questions": sum(levels.values()), "levels": levels,
+                    "cut_points": grader_cut_points(root, gid)})
     return out
 
 
@@ -153,15 +178,21 @@ def compare(root: str | Path, a: str, b: str) -> dict:
     for la, lb in zip(joined["level_a"].to_pylist(), joined["level_b"].to_pylist()):
         counts[la][lb] += 1
     same = sum(counts[lv][lv] for lv in names)
-    return {"a": a, "b": b, "shared_questions": joined.num_rows, "same_level": same, "counts": counts}
+    cuts = {"a": grader_cut_points(root, find_partition(root, a)[1]),
+            "b": grader_cut_points(root, find_partition(root, b)[1])}
+    return {"a": a, "b": b, "shared_questions": joined.num_rows, "same_level": same, "counts": counts,
+            "cut_points": cuts, "same_cut_points": cuts["a"] == cuts["b"]}
 
 
 def format_summary(rows: list[dict]) -> str:
     names = [lv.value for lv in LEVELS_EASIEST_FIRST]
-    lines = ["student".ljust(32) + "grader".ljust(14) + "".join(n.rjust(15) for n in ["questions", *names])]
+    lines = ["student".ljust(32) + "grader".ljust(14) + "".join(n.rjust(15) for n in ["questions", *names])
+             + "  cut points"]
     for r in rows:
         cells = [r["questions"], *(r["levels"][n] for n in names)]
-        lines.append(r["student"][:31].ljust(32) + r["grader_id"].ljust(14) + "".join(str(c).rjust(15) for c in cells))
+        cuts = "/".join(f"{c:.3f}" for c in r.get("cut_points") or []) or "-"
+        lines.append(r["student"][:31].ljust(32) + r["grader_id"].ljust(14) + "".join(str(c).rjust(15) for c in cells)
+                     + f"  {cuts}")
     return "\n".join(lines)
 
 
@@ -171,4 +202,8 @@ def format_compare(result: dict) -> str:
              f"questions, {result['same_level']} at the same level", " " * 15 + "".join(n.rjust(15) for n in names)]
     for la in names:
         lines.append(la.ljust(15) + "".join(str(result["counts"][la][lb]).rjust(15) for lb in names))
+    if not result.get("same_cut_points", True):
+        cuts = result["cut_points"]
+        lines.append(f"WARNING: the two were cut at different points ({cuts['a']} vs {cuts['b']}): their wrong levels "
+                     "do not mean the same; grade both with one calibrated scorer (thresholds: calibrated)")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from adaptcot.common import schemas, storage
 from adaptcot.grade import bank
-from adaptcot.grade.levels import QUESTION_STATS, GraderConfig, level_rows, question_stats
+from adaptcot.grade.levels import QUESTION_STATS, CutPoints, GraderConfig, level_rows, question_stats
 
 
 def _attempt_flags(batch: pa.Table) -> pa.Table:
@@ -23,13 +23,15 @@ def _attempt_flags(batch: pa.Table) -> pa.Table:
         .append_column("right", right)
 
 
-def _grade_block(stats: pa.Table, n: int, grader: GraderConfig, root: str, student: str, gid: str) -> pa.Table:
+def _grade_block(stats: pa.Table, n: int, grader: GraderConfig, root: str, student: str, gid: str,
+                 cut_points: CutPoints | None = None) -> pa.Table:
     """Grade the complete questions of one block of per-question stats into one bank part; the counts."""
     if "prm_score" not in stats.column_names:  # no step scores at all (pass_rate mode, or nothing wrong)
         stats = stats.append_column("prm_score", pa.nulls(stats.num_rows, pa.float64()))
     stats = stats.select(QUESTION_STATS.names).cast(QUESTION_STATS)
     complete = stats.filter(pc.greater_equal(stats["samples"], n))
-    rows, ungradable = level_rows(complete, grader, student, gid, bank.partition_dir(root, "attempts", student, gid))
+    rows, ungradable = level_rows(complete, grader, student, gid, bank.partition_dir(root, "attempts", student, gid),
+                                  cut_points)
     bank.write_part(rows, bank.partition_dir(root, "bank", student, gid), schemas.BANK)
     return pa.table({"graded": [rows.num_rows], "ungradable": [len(ungradable)]})
 
@@ -71,7 +73,8 @@ def _stats_on_ray(attempt_files: list[str], score_files: list[str], graded_files
 
 
 def finalize_bank(root: str, student: str, gid: str, n: int, grader: GraderConfig,
-                  in_process_max_rows: int = bank.IN_PROCESS_MAX_ROWS) -> tuple[int, int]:
+                  in_process_max_rows: int = bank.IN_PROCESS_MAX_ROWS, cut_points: CutPoints | None = None
+                  ) -> tuple[int, int]:
     """Bank rows for questions whose n samples are all stored and that are not in the bank yet: (graded,
     ungradable). A partition of more than `in_process_max_rows` attempts is finalized on Ray Data (Ray must be up),
     block by block (`benchmarks/bank_scale.py`); both ways compute the same `levels.QUESTION_STATS`."""
@@ -80,7 +83,7 @@ def finalize_bank(root: str, student: str, gid: str, n: int, grader: GraderConfi
         return 0, 0
     score_files = bank.part_files(root, "step_scores", student, gid)
     graded_files = bank.part_files(root, "bank", student, gid)
-    kwargs = {"n": n, "grader": grader, "root": root, "student": student, "gid": gid}
+    kwargs = {"n": n, "grader": grader, "root": root, "student": student, "gid": gid, "cut_points": cut_points}
     if storage.row_count(attempt_files) <= in_process_max_rows:
         counts = _grade_block(_stats_in_process(attempt_files, score_files, graded_files), **kwargs)
         return counts["graded"][0].as_py(), counts["ungradable"][0].as_py()

@@ -21,20 +21,29 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from adaptcot.common import schemas, storage
 from adaptcot.common.settings import Strict
 from adaptcot.common.terminal import bar
-from adaptcot.grade import bank
+from adaptcot.grade import bank, calibration
 from adaptcot.grade.answering import StudentConfig, answer_processor, expand_samples, to_attempt_row
 from adaptcot.grade.finalize import finalize_bank
-from adaptcot.grade.levels import GraderConfig, grader_id
+from adaptcot.grade.levels import CutPoints, GraderConfig, grader_id, level_warnings
 from adaptcot.grade.prm import PRMConfig, PRMScorer, check_prm
 from adaptcot.verify.attempts import VerifyConfig, verify_dataset
 from adaptcot.verify.sandbox import Sandbox
+
+
+class CutPointPanel(Strict):
+    """The models whose wrong answers calibrate a scorer's cut points (`thresholds: calibrated`), once per bank."""
+
+    students: list[StudentConfig] = Field(min_length=1)
+    questions: int = Field(default=600, ge=1)  # pool questions each answers: the same ones, chosen by id hash
+    min_wrong_answers: int = Field(default=100, ge=1)  # per panel model, or calibration stops
 
 
 class GradeConfig(Strict):
@@ -43,6 +52,7 @@ class GradeConfig(Strict):
     student: StudentConfig
     prm: PRMConfig | None = None
     grader: GraderConfig = GraderConfig()
+    panel: CutPointPanel | None = None  # thresholds: calibrated, where the bank has no cut points for the scorer yet
     verify: VerifyConfig = VerifyConfig()
 
     @model_validator(mode="after")
@@ -52,11 +62,26 @@ class GradeConfig(Strict):
                              "grader.mode: pass_rate)")
         return self
 
+    @model_validator(mode="after")
+    def _panel_for_calibrated_cuts(self):
+        if self.panel is not None and self.grader.thresholds != "calibrated":
+            raise ValueError("panel is set, but grader.thresholds are given: the panel calibrates cut points only "
+                             "with grader.thresholds: calibrated")
+        names = [s.display_name for s in self.panel.students] if self.panel else []
+        if len(set(names)) != len(names):
+            raise ValueError(f"panel.students must have distinct names (set `name`); got {names}")
+        return self
+
     def grader_id(self) -> str:
         answering = self.student.answering_key()
+        answering["math_extraction"] = self.verify.math_extraction  # which answers count as right
         if self.grader.mode == "prm":
             answering["prm"] = self.prm.scoring_key()
         return grader_id(self.grader, answering)
+
+    def scorer_id(self) -> str | None:
+        """The id cut points are calibrated and stored under (prm mode only)."""
+        return calibration.scorer_id(self.grader.scorer_key(self.prm.scoring_key())) if self.prm else None
 
 
 @dataclass
@@ -73,6 +98,15 @@ class GradeReport:
     seconds: float = 0.0
     levels: dict = field(default_factory=dict)
     code_isolation: str | None = None  # what every code verdict ran under (the sandbox never falls back)
+    cut_points: list | None = None     # the four cut points the wrong levels were cut at (prm mode)
+    cut_points_from: str | None = None  # "given", or the calibration panel
+    # The student's scored wrong answers: how many, a 10-bin histogram of their scores over [0, 1], and how many
+    # were scored on their first steps only (too long for the PRM).
+    wrong_answers_scored: int = 0
+    score_histogram: list = field(default_factory=list)
+    answers_cut_for_prm: int = 0
+    warnings: list = field(default_factory=list)
+    panel: list = field(default_factory=list)  # the panel's grading, when this run calibrated the cut points
 
     def lines(self) -> list[str]:
         out = [f"student {self.student} (grader {self.grader_id}): {self.math_questions} math and "
@@ -82,6 +116,15 @@ class GradeReport:
                + (f"; code verdicts under isolation: {self.code_isolation}" if self.code_isolation else "")]
         out.append("  bank levels (every question graded for this student): "
                    + ", ".join(f"{k} {v}" for k, v in self.levels.items()))
+        if self.cut_points:
+            out.append(f"  cut points {', '.join(f'{c:.3f}' for c in self.cut_points)} ({self.cut_points_from})"
+                       + (f"; {self.answers_cut_for_prm} answers scored on their first steps only (too long for the "
+                          "PRM)" if self.answers_cut_for_prm else ""))
+        out += [f"  WARNING: {w}" for w in self.warnings]
+        for member in self.panel:
+            out.append(f"  cut-point panel {member['student']}: {member['generated']} answers generated, "
+                       f"{member['wrong_answers_scored']} wrong ones scored; levels on its questions: "
+                       + ", ".join(f"{k} {v}" for k, v in member["levels"].items()))
         return out
 
 
@@ -108,6 +151,8 @@ def pool_has_code(pool: str) -> bool:
 def preflight(cfg: GradeConfig) -> None:
     """Everything that can fail before Ray starts: paths, the PRM's step token, the sandbox if there is code."""
     check_model_path(cfg.student.model, "student")
+    for member in cfg.panel.students if cfg.panel else []:
+        check_model_path(member.model, f"panel student {member.display_name}")
     if cfg.grader.mode == "prm":
         check_model_path(cfg.prm.model, "PRM", remote_ok=False)
         check_prm(cfg.prm)
@@ -127,10 +172,16 @@ def _sample_keys(question_ids: pa.Array, sample_index: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(question_ids, pc.cast(sample_index, pa.string()), "#")
 
 
-def select_todo(batch: pa.Table, n: int, done: pa.Array | None = None) -> pa.Table:
-    """Rows of a pool batch, expanded to n samples (minus any in `done`), each with its `sample_key`.
+def in_share(question_ids: list[str], share: float) -> list[bool]:
+    """A fixed subset of about `share` of any pool, by question id: the same questions for every panel model."""
+    return [int.from_bytes(hashlib.sha256(q.encode()).digest()[:8], "big") < share * 2 ** 64 for q in question_ids]
 
-    Code tests travel as JSON text (`schemas.with_tests_json`)."""
+
+def select_todo(batch: pa.Table, n: int, done: pa.Array | None = None, share: float | None = None) -> pa.Table:
+    """Rows of a pool batch (of its `share` subset, if given), expanded to n samples (minus any in `done`), each with
+    its `sample_key`. Code tests travel as JSON text (`schemas.with_tests_json`)."""
+    if share is not None:
+        batch = batch.filter(pa.array(in_share(batch["question_id"].to_pylist(), share), pa.bool_()))
     expanded = expand_samples(schemas.with_tests_json(batch), n)
     keys = _sample_keys(expanded["question_id"], expanded["sample_index"])
     if done is not None and len(done):
@@ -172,7 +223,8 @@ def _count_domains(pool_files: list[str]) -> tuple[int, int]:
 
 
 def todo_dataset(cfg: GradeConfig, gid: str, pool_files: list[str],
-                 in_process_max_rows: int = bank.IN_PROCESS_MAX_ROWS) -> tuple[object, int]:
+                 in_process_max_rows: int = bank.IN_PROCESS_MAX_ROWS, share: float | None = None
+                 ) -> tuple[object, int]:
     """(the pool's questions x n samples minus the samples already stored for this student and grader, how many).
 
     Up to `in_process_max_rows` stored samples travel to every task as a set of keys; more are removed by a
@@ -183,18 +235,22 @@ def todo_dataset(cfg: GradeConfig, gid: str, pool_files: list[str],
     pool = storage.ray_dataset(pool_files, POOL_COLUMNS, light)
     stored = bank.part_files(cfg.bank, "attempts", cfg.student.display_name, gid)
     if not stored:
-        rows = storage.row_count(pool_files)
-        return pool.map_batches(select_todo, fn_kwargs={"n": n}, batch_format="pyarrow", num_cpus=light), rows * n
+        rows = storage.row_count(pool_files) if share is None else sum(
+            sum(in_share(b.column(0).to_pylist(), share))
+            for b in storage.dataset(pool_files).scanner(columns=["question_id"]).to_batches())
+        return pool.map_batches(select_todo, fn_kwargs={"n": n, "share": share}, batch_format="pyarrow",
+                                num_cpus=light), rows * n
     if storage.row_count(stored) <= in_process_max_rows:
         keys = storage.dataset(stored, schemas.ATTEMPTS).to_table(columns=["question_id", "sample_index"])
         done = _sample_keys(keys["question_id"], keys["sample_index"]).combine_chunks()
-        left = sum(select_todo(pa.Table.from_batches([b]), n, done).num_rows
+        left = sum(select_todo(pa.Table.from_batches([b]), n, done, share).num_rows
                    for b in storage.dataset(pool_files).scanner(columns=["question_id"]).to_batches())
-        return pool.map_batches(select_todo, fn_kwargs={"n": n, "done": done}, batch_format="pyarrow",
+        return pool.map_batches(select_todo, fn_kwargs={"n": n, "done": done, "share": share}, batch_format="pyarrow",
                                 num_cpus=light), left
     keys = storage.ray_dataset(stored, ["question_id", "sample_index"], light).map_batches(
         _sample_key_only, batch_format="pyarrow", num_cpus=light)
-    todo = pool.map_batches(select_todo, fn_kwargs={"n": n}, batch_format="pyarrow", num_cpus=light).join(
+    todo = pool.map_batches(select_todo, fn_kwargs={"n": n, "share": share}, batch_format="pyarrow",
+                            num_cpus=light).join(
         keys, join_type="left_anti", on=("sample_key",), num_partitions=storage.hash_partitions(stored + pool_files))
     todo = todo.materialize()
     return todo, todo.count()
@@ -211,7 +267,8 @@ def run_pipeline(cfg: GradeConfig, gid: str, todo, samples: int) -> tuple[int, i
         prm_name = prm.name or Path(prm.model).name
         attempts = attempts.map_batches(
             PRMScorer, fn_constructor_kwargs={"cfg": prm, "aggregation": cfg.grader.aggregation,
-                                              "step_rule": cfg.grader.step_rule},
+                                              "step_rule": cfg.grader.step_rule,
+                                              "step_threshold": cfg.grader.step_threshold},
             concurrency=prm.concurrency, num_cpus=prm.num_cpus, num_gpus=prm.num_gpus or None,
             batch_size=prm.batch_size, batch_format="pyarrow")
     written = attempts.map_batches(write_attempts, fn_kwargs={"root": cfg.bank, "student": student.display_name,
@@ -226,24 +283,86 @@ def run_pipeline(cfg: GradeConfig, gid: str, todo, samples: int) -> tuple[int, i
     return generated, errors
 
 
-def grade(cfg: GradeConfig) -> GradeReport:
-    """Grade `cfg.pool` for `cfg.student` into `cfg.bank` (Ray must be initialised)."""
-    started = time.time()
+def store_answers(cfg: GradeConfig, share: float | None = None) -> GradeReport:
+    """Answer, verify and score every sample of the pool (or of its `share` subset) not yet stored for this student
+    and grader; the report's counts. Levels come after, from `finalize_levels`."""
     student, gid = cfg.student.display_name, cfg.grader_id()
     bank.save_grader(cfg.bank, gid, {"grader": cfg.grader.model_dump(mode="json"),
                                      "student": cfg.student.answering_key(),
-                                     "prm": cfg.prm.scoring_key() if cfg.prm else None})
+                                     "prm": cfg.prm.scoring_key() if cfg.prm else None,
+                                     "scorer_id": cfg.scorer_id()})
     bank.remove_uncommitted(cfg.bank, student, gid)
     pool_files = storage.list_files(storage.join(cfg.pool, "pool"), "*.parquet")
     report = GradeReport(student=student, grader_id=gid)
     report.math_questions, report.code_questions = _count_domains(pool_files)
     report.code_isolation = cfg.verify.code.sandbox.isolation if report.code_questions else None
-    todo, report.samples_todo = todo_dataset(cfg, gid, pool_files)
+    todo, report.samples_todo = todo_dataset(cfg, gid, pool_files, share=share)
     if report.samples_todo:
         report.generated, report.generation_errors = run_pipeline(cfg, gid, todo, report.samples_todo)
+    return report
+
+
+def finalize_levels(cfg: GradeConfig, report: GradeReport, cut_points: CutPoints | None, cut_points_from: str
+                    ) -> GradeReport:
+    """Bank rows for the questions whose samples are all stored; the level histogram and what to warn about."""
+    student, gid = cfg.student.display_name, report.grader_id
     report.newly_graded, report.ungradable = finalize_bank(cfg.bank, student, gid, cfg.student.sampling.n,
-                                                          cfg.grader)
+                                                          cfg.grader, cut_points=cut_points)
     report.levels = bank.level_counts(bank.part_files(cfg.bank, "bank", student, gid))
+    if cfg.grader.mode == "prm":
+        report.cut_points = list(cut_points or cfg.grader.thresholds)
+        report.cut_points_from = cut_points_from
+        scores = calibration.wrong_answer_scores(cfg.bank, student, gid)
+        report.wrong_answers_scored = int(len(scores))
+        report.score_histogram = np.histogram(scores, bins=10, range=(0.0, 1.0))[0].tolist()
+        report.answers_cut_for_prm = answers_cut(cfg.bank, student, gid)
+    report.warnings = level_warnings(report.levels)
+    return report
+
+
+def answers_cut(root: str, student: str, gid: str) -> int:
+    files = bank.part_files(root, "step_scores", student, gid)
+    if not files:
+        return 0
+    t = storage.dataset(files, schemas.STEP_SCORES).to_table(columns=["steps_scored", "steps_total"])
+    return pc.sum(pc.fill_null(pc.less(t["steps_scored"], t["steps_total"]), False)).as_py() or 0
+
+
+def calibrated_cut_points(cfg: GradeConfig) -> tuple[CutPoints | None, str, list[GradeReport]]:
+    """(cut points, where they come from, the panel's reports): the given ones (None), the bank's record for this
+    scorer, or, the first time, fitted on the panel's answers to a fixed share of the pool and recorded."""
+    if cfg.grader.mode != "prm" or cfg.grader.thresholds != "calibrated":
+        return None, "given", []
+    sid = cfg.scorer_id()
+    record = calibration.load(cfg.bank, sid)
+    if record is None:
+        if cfg.panel is None:
+            raise calibration.CalibrationError(
+                f"grader.thresholds is calibrated, but {cfg.bank} has no cut points for this scorer (id {sid}) and "
+                "no grade.panel is set to fit them: give grade.panel.students, or thresholds")
+        share = min(1.0, cfg.panel.questions / max(1, storage.row_count(
+            storage.list_files(storage.join(cfg.pool, "pool"), "*.parquet"))))
+        members = [cfg.model_copy(update={"student": s, "panel": None}) for s in cfg.panel.students]
+        reports = [store_answers(m, share) for m in members]
+        record = calibration.save(cfg.bank, calibration.fit(
+            cfg.bank, sid, cfg.grader.scorer_key(cfg.prm.scoring_key()),
+            [(m.student.display_name, m.grader_id()) for m in members], cfg.panel.min_wrong_answers))
+        source = _panel_text(record)
+        return record.cut_points, source, [finalize_levels(m, r, record.cut_points, source)
+                                           for m, r in zip(members, reports)]
+    return record.cut_points, _panel_text(record), []
+
+
+def _panel_text(record: calibration.CutPointRecord) -> str:
+    return "calibrated on " + ", ".join(f"{m['student']} ({m['wrong_answers']} wrong answers)" for m in record.panel)
+
+
+def grade(cfg: GradeConfig) -> GradeReport:
+    """Grade `cfg.pool` for `cfg.student` into `cfg.bank` (Ray must be initialised)."""
+    started = time.time()
+    cut_points, cut_points_from, panel = calibrated_cut_points(cfg)
+    report = finalize_levels(cfg, store_answers(cfg), cut_points, cut_points_from)
+    report.panel = [asdict(r) for r in panel]
     report.seconds = round(time.time() - started, 1)
     return report
 

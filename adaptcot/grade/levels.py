@@ -1,13 +1,17 @@
 """Difficulty levels for one student: from its attempts (verdicts, PRM scores) to one bank row per question.
 
 Two grading modes (METHOD.md §1):
-- `prm` (the paper's): a question is `easy` when the student's pass rate reaches `easy_min_pass_rate` (with n = 1:
-  it answered correctly); otherwise the mean PRM score of its wrong answers picks one of five wrong levels.
+- `prm` (the papers'): a question is `easy` when the student answers it correctly (with n samples: its pass rate
+  reaches `easy_min_pass_rate`); otherwise the PRM's score of its wrong answers picks one of five wrong levels, a
+  lower score being harder. The papers give neither the aggregation of step scores nor the cut points: both are
+  adaptcot's choices, documented in docs/grading.md with the measurements behind the defaults.
 - `pass_rate` (what peers such as SkyThought and Light-R1 use, no PRM needed): the pass rate alone picks the level.
 
-`thresholds` are four cut points, strictly decreasing, between the five wrong levels: a score >= thresholds[0] is
-`wrong_near`, >= thresholds[1] `wrong_mild`, >= thresholds[2] `wrong_mid`, >= thresholds[3] `wrong_hard`, else
-`wrong_hardest`. A score exactly on a cut point goes to the easier side. Lower score = harder, in both modes.
+Cut points are four values, strictly decreasing, between the five wrong levels: a score >= cuts[0] is `wrong_near`,
+>= cuts[1] `wrong_mild`, >= cuts[2] `wrong_mid`, >= cuts[3] `wrong_hard`, else `wrong_hardest`; a score exactly on a
+cut point goes to the easier side. They are given (`thresholds: [..]`), or `thresholds: calibrated`: fitted once per
+scorer (the PRM and its settings) on a panel of models' answers and stored in the bank (`grade/calibration.py`), so
+every student graded by that scorer is cut at the same points and two students' levels can be compared.
 """
 
 from __future__ import annotations
@@ -27,23 +31,34 @@ from adaptcot.common.settings import Strict
 WRONG_LEVELS = (Level.WRONG_NEAR, Level.WRONG_MILD, Level.WRONG_MID, Level.WRONG_HARD, Level.WRONG_HARDEST)
 
 
+CutPoints = tuple[float, float, float, float]
+
+
+def check_cut_points(value, what: str = "thresholds") -> CutPoints:
+    if len(value) != 4 or any(not 0.0 <= t <= 1.0 for t in value) or any(a <= b for a, b in zip(value, value[1:])):
+        raise ValueError(f"{what} must be four values in [0, 1], strictly decreasing; got {list(value)}")
+    return tuple(float(t) for t in value)
+
+
 class GraderConfig(Strict):
     """Everything that decides a level; its hash is the bank's `grader_id`."""
 
     mode: Literal["prm", "pass_rate"] = "prm"
-    thresholds: tuple[float, float, float, float] = (0.8, 0.6, 0.4, 0.2)
+    # Four cut points, or "calibrated": fitted once per scorer on a panel's answers and kept in the bank.
+    thresholds: CutPoints | Literal["calibrated"] = (0.8, 0.6, 0.4, 0.2)
+    # With one sample (the papers' setting) any value in (0, 1] means "answered correctly"; with n samples, 0.5 reads
+    # it as "answers correctly more often than not", so a question solved once in four is graded by its wrong answers.
     easy_min_pass_rate: float = Field(default=0.5, gt=0.0, le=1.0)
-    # min: a solution is as sound as its weakest step, and unlike the product it does not punish long answers for
-    # their length; the first wrong step is what makes the answer wrong. (Qwen2.5-Math-PRM reports min and last.)
-    aggregation: Literal["min", "last", "product", "mean"] = "min"
+    # progress (adaptcot's default, measured in docs/grading.md): how far a wrong answer got before its first wrong
+    # step, in expectation; `min` collapses levels, since every wrong answer has a weak step (see prm.aggregate).
+    aggregation: Literal["progress", "first_error", "min", "last", "product", "mean"] = "progress"
+    step_threshold: float = Field(default=0.5, gt=0.0, lt=1.0)  # first_error: a step scored under it is wrong
     step_rule: str = "double_newline"  # double_newline | newline | regex:<pattern>
 
     @field_validator("thresholds")
     @classmethod
     def _decreasing_in_unit_interval(cls, value):
-        if any(not 0.0 <= t <= 1.0 for t in value) or any(a <= b for a, b in zip(value, value[1:])):
-            raise ValueError(f"thresholds must be four values in [0, 1], strictly decreasing; got {list(value)}")
-        return value
+        return value if value == "calibrated" else check_cut_points(value)
 
     @field_validator("step_rule")
     @classmethod
@@ -54,9 +69,17 @@ class GraderConfig(Strict):
 
     @model_validator(mode="after")
     def _pass_rate_cuts_below_easy(self):
+        if self.mode == "pass_rate" and self.thresholds == "calibrated":
+            raise ValueError("thresholds: calibrated fits cut points to PRM scores; in pass_rate mode give four "
+                             "pass-rate cut points")
         if self.mode == "pass_rate" and self.thresholds[0] >= self.easy_min_pass_rate:
             raise ValueError("in pass_rate mode thresholds[0] must be below easy_min_pass_rate")
         return self
+
+    def scorer_key(self, prm_key: dict | None) -> dict:
+        """What a wrong answer's score depends on (the PRM and these settings): calibrated cut points belong to it."""
+        return {"prm": prm_key, "step_rule": self.step_rule, "aggregation": self.aggregation,
+                "step_threshold": self.step_threshold if self.aggregation == "first_error" else None}
 
 
 def grader_id(grader: GraderConfig, answering: dict) -> str:
@@ -65,8 +88,19 @@ def grader_id(grader: GraderConfig, answering: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def level_for(pass_rate: float | None, prm_score: float | None, grader: GraderConfig) -> Level | None:
-    """The level of one question, or None when it cannot be graded (no decided attempt, or no PRM score)."""
+def given_cut_points(grader: GraderConfig, cut_points: CutPoints | None) -> CutPoints:
+    if cut_points is not None:
+        return check_cut_points(cut_points, "cut points")
+    if grader.thresholds == "calibrated":
+        raise ValueError("thresholds: calibrated, but no cut points were passed (grade/calibration.py fits them)")
+    return grader.thresholds
+
+
+def level_for(pass_rate: float | None, prm_score: float | None, grader: GraderConfig,
+              cut_points: CutPoints | None = None) -> Level | None:
+    """The level of one question, or None when it cannot be graded (no decided attempt, or no PRM score).
+
+    `cut_points`: the calibrated ones, where `grader.thresholds` is "calibrated"."""
     if pass_rate is None:
         return None
     if pass_rate >= grader.easy_min_pass_rate:
@@ -74,10 +108,32 @@ def level_for(pass_rate: float | None, prm_score: float | None, grader: GraderCo
     score = pass_rate if grader.mode == "pass_rate" else prm_score
     if score is None:
         return None
-    for cut, level in zip(grader.thresholds, WRONG_LEVELS):
+    for cut, level in zip(given_cut_points(grader, cut_points), WRONG_LEVELS):
         if score >= cut:
             return level
     return Level.WRONG_HARDEST
+
+
+# A wrong level holding less than this share of the wrong answers, or one holding more than MOST, is worth a warning:
+# the levels do not spread, and sampling by them is little more than an easy/hard ratio.
+FEW, MOST = 0.05, 0.5
+
+
+def level_warnings(counts: dict[str, int]) -> list[str]:
+    """What a user must see about a level histogram (level name -> questions): wrong levels that hardly spread."""
+    wrong = {lv.value: counts.get(lv.value, 0) for lv in WRONG_LEVELS}
+    total = sum(wrong.values())
+    if total == 0:
+        return []
+    out = []
+    few = [f"{lv} {n / total:.0%}" for lv, n in wrong.items() if n / total < FEW]
+    if few:
+        out.append(f"wrong level(s) holding under {FEW:.0%} of the {total} wrong questions: {', '.join(few)}")
+    most = [f"{lv} holds {n / total:.0%}" for lv, n in wrong.items() if n / total > MOST]
+    if most:
+        out.append(f"one wrong level holds most of the {total} wrong questions ({most[0]}): the levels do not "
+                   "spread; see the PRM score histogram, and docs/grading.md on aggregation and cut points")
+    return out
 
 
 GRADE_INPUT = ("question_id", "domain", "sample_index", "correct", "prm_score")
@@ -104,13 +160,14 @@ def question_stats(attempts: pa.Table) -> pa.Table:
                      "right": stats["right_sum"], "prm_score": stats["prm_score_mean"]}, schema=QUESTION_STATS)
 
 
-def level_rows(stats: pa.Table, grader: GraderConfig, student: str, gid: str, attempts_ref: str
-               ) -> tuple[pa.Table, pa.Array]:
+def level_rows(stats: pa.Table, grader: GraderConfig, student: str, gid: str, attempts_ref: str,
+               cut_points: CutPoints | None = None) -> tuple[pa.Table, pa.Array]:
     """(bank rows, ungradable question ids) of per-question stats (schema QUESTION_STATS, complete questions)."""
     rows, ungradable = [], []
+    cuts = None if grader.mode == "pass_rate" else given_cut_points(grader, cut_points)
     for q in stats.to_pylist():
         pass_rate = q["right"] / q["decided"] if q["decided"] else None
-        level = level_for(pass_rate, q["prm_score"], grader)
+        level = level_for(pass_rate, q["prm_score"], grader, cuts)
         if level is None:
             ungradable.append(q["question_id"])
             continue
@@ -121,7 +178,7 @@ def level_rows(stats: pa.Table, grader: GraderConfig, student: str, gid: str, at
     return pa.Table.from_pylist(rows, schema=schemas.BANK), pa.array(ungradable, pa.string())
 
 
-def grade_questions(attempts: pa.Table, grader: GraderConfig, student: str, gid: str, attempts_ref: str
-                    ) -> tuple[pa.Table, pa.Array]:
+def grade_questions(attempts: pa.Table, grader: GraderConfig, student: str, gid: str, attempts_ref: str,
+                    cut_points: CutPoints | None = None) -> tuple[pa.Table, pa.Array]:
     """(bank rows, ungradable question ids) from all attempts of some questions (one row per sample)."""
-    return level_rows(question_stats(attempts), grader, student, gid, attempts_ref)
+    return level_rows(question_stats(attempts), grader, student, gid, attempts_ref, cut_points)

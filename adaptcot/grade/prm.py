@@ -8,8 +8,9 @@
   returns per-step scores, hence a `map_batches` actor around `vllm.LLM`.
 - `check_prm` fails before Ray starts on a PRM whose tokenizer lacks the step separator as a single token.
 
-Not covered: PRMs with another output head (e.g. a single reward logit), and responses longer than the PRM's
-context beyond keeping their last steps (`max_steps`).
+A response with more than `max_steps` steps, or too long for the PRM's context, is scored on its first steps (the
+first wrong step, which decides how far an answer got, is usually early); `steps_scored` and `steps_total` record
+how many. Nothing is left unscored for its length. Not covered: PRMs with another output head (a single reward logit).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class PRMConfig(Strict):
     name: str | None = None
     step_token: str = "<extra_0>"
     max_model_len: int = Field(default=8192, ge=16)
-    max_steps: int = Field(default=64, ge=1)  # the last steps are kept; the first wrong step is rarely the last
+    max_steps: int = Field(default=64, ge=1)  # the first steps are kept: the first wrong step is usually early
     dtype: str = "auto"
     enforce_eager: bool = False
     batch_size: int = Field(default=32, ge=1)
@@ -55,9 +56,26 @@ def split_steps(response: str, rule: str) -> list[str]:
     return [p.strip() for p in parts if p and p.strip()]
 
 
-def aggregate(scores: list[float], rule: str) -> float | None:
+def aggregate(scores: list[float], rule: str, total_steps: int | None = None, step_threshold: float = 0.5
+              ) -> float | None:
+    """One score in [0, 1] for a wrong answer's step scores (each read as P(step correct | the steps before are)).
+
+    - progress: the expected share of the answer's steps that come before its first wrong step,
+      (1/L) * sum_i prod_{j<=i} s_j. It measures how far the answer got, and unlike `min` it separates an answer
+      that went wrong at its first step from one that went wrong at its last.
+    - first_error: the same share with each step read as right or wrong at `step_threshold`.
+    - min / last / product / mean: as the names say (Qwen2.5-Math-PRM reports min and last).
+    `total_steps` (>= len(scores)): the answer's steps when only the first ones were scored; the unscored ones count
+    as not reached, so the share is a lower bound."""
     if not scores:
         return None
+    if rule in ("progress", "first_error"):
+        total = max(total_steps or len(scores), len(scores))
+        reached, still_right = 0.0, 1.0
+        for s in scores:
+            still_right *= s if rule == "progress" else float(s >= step_threshold)
+            reached += still_right
+        return reached / total
     if rule == "min":
         return min(scores)
     if rule == "last":
@@ -88,45 +106,86 @@ def check_prm(cfg: PRMConfig) -> int:
 
 
 SCORE_FIELDS = (pa.field("step_scores", pa.list_(pa.float32())), pa.field("prm_score", pa.float32()),
-                pa.field("prm_error", pa.string()))
+                pa.field("prm_error", pa.string()), pa.field("steps_scored", pa.int32()),
+                pa.field("steps_total", pa.int32()))
+
+
+def fitting_prefix(steps: list[str], max_steps: int, fits) -> int:
+    """How many first steps to score: at most `max_steps`, and as many as `fits(k)` allows (at least one: a first step
+    that does not fit alone is cut by the caller)."""
+    lo, hi = 1, min(len(steps), max_steps)
+    if fits(hi):
+        return hi
+    while lo < hi:  # fits(lo) is assumed, fits(hi) is false: bisect on the number of steps
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def prm_input(tokenizer, question: str, response: str, cfg: PRMConfig, step_rule: str) -> tuple[str | None, int, int]:
+    """(PRM input text, steps scored, steps in the response): the response's first steps that fit `cfg.max_steps`
+    and the PRM's context (`cfg.max_model_len` tokens); None when the response has no steps."""
+    def render(q: str, kept: list[str]) -> str:
+        return tokenizer.apply_chat_template(prm_conversation(q, kept, cfg.step_token), tokenize=False,
+                                             add_generation_prompt=False)
+
+    def tokens(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    def cut(text: str, max_tokens: int) -> str:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max(1, max_tokens)])
+
+    steps = split_steps(response, step_rule)
+    if not steps:
+        return None, 0, 0
+    limit = cfg.max_model_len
+    if tokens(render(question, steps[:1])) > limit:
+        # Even one step does not fit: keep the question's start and cut the first step to the room left.
+        question = cut(question, limit // 2)
+        room = limit - tokens(render(question, [""])) - 1
+        return render(question, [cut(steps[0], room)]), 1, len(steps)
+    keep = fitting_prefix(steps, cfg.max_steps, lambda k: tokens(render(question, steps[:k])) <= limit)
+    return render(question, steps[:keep]), keep, len(steps)
 
 
 class PRMScorer:
-    """Ray Data stage: adds `step_scores`, `prm_score` (aggregated), `prm_error` to rows whose `correct` is false."""
+    """Ray Data stage: adds `step_scores`, `prm_score` (aggregated), `prm_error`, `steps_scored`, `steps_total` to
+    rows whose `correct` is false."""
 
-    def __init__(self, cfg: PRMConfig, aggregation: str, step_rule: str):
+    def __init__(self, cfg: PRMConfig, aggregation: str, step_rule: str, step_threshold: float = 0.5):
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, int(cfg.num_cpus))))
         from transformers import AutoTokenizer
         from vllm import LLM
         from vllm.config import PoolerConfig
 
-        self.cfg, self.aggregation, self.step_rule = cfg, aggregation, step_rule
+        self.cfg, self.aggregation, self.step_rule, self.step_threshold = cfg, aggregation, step_rule, step_threshold
         self.step_id = check_prm(cfg)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=True)
         self.llm = LLM(model=cfg.model, runner="pooling", pooler_config=PoolerConfig(step_tag_id=self.step_id),
                        max_model_len=cfg.max_model_len, dtype=cfg.dtype, enforce_eager=cfg.enforce_eager,
                        trust_remote_code=True)
 
-    def _prompt(self, question: str, response: str) -> str | None:
-        steps = split_steps(response, self.step_rule)[-self.cfg.max_steps:]
-        if not steps:
-            return None
-        conversation = prm_conversation(question, steps, self.cfg.step_token)
-        return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=False)
+    def prompt(self, question: str, response: str) -> tuple[str | None, int, int]:
+        return prm_input(self.tokenizer, question, response, self.cfg, self.step_rule)
 
-    def score(self, questions: list[str], responses: list[str]) -> list[tuple[list[float] | None, str | None]]:
-        prompts = [self._prompt(q, r) for q, r in zip(questions, responses)]
-        results: list[tuple[list[float] | None, str | None]] = [(None, "no steps in the response")] * len(prompts)
-        todo = []
-        for i, p in enumerate(prompts):
-            n_tokens = len(self.tokenizer.encode(p, add_special_tokens=False)) if p else 0
-            if p and n_tokens > self.cfg.max_model_len:
-                results[i] = (None, f"PRM input of {n_tokens} tokens exceeds max_model_len {self.cfg.max_model_len}")
-            elif p:
-                todo.append(i)
-        outputs = self.llm.encode([prompts[i] for i in todo], pooling_task="token_classify", use_tqdm=False)
+    def score(self, questions: list[str], responses: list[str]
+              ) -> list[tuple[list[float] | None, str | None, int, int]]:
+        """Per answer: (step scores, error, steps scored, steps in the response)."""
+        prompts = [self.prompt(q, r) for q, r in zip(questions, responses)]
+        results = [(None, "no steps in the response", 0, 0) if p is None else (None, None, k, n)
+                   for p, k, n in prompts]
+        todo = [i for i, (p, _, _) in enumerate(prompts) if p is not None]
+        if not todo:  # vLLM refuses an empty request list
+            return results
+        outputs = self.llm.encode([prompts[i][0] for i in todo], pooling_task="token_classify", use_tqdm=False)
         for i, out in zip(todo, outputs):
-            results[i] = (out.outputs.data[:, 1].float().tolist(), None)
+            scores = out.outputs.data[:, 1].float().tolist()
+            _, _, scored, total = results[i]
+            if len(scores) != scored:  # the step token inside a step's own text, or lost by the template
+                results[i] = (None, f"PRM returned {len(scores)} step scores for {scored} steps", scored, total)
+            else:
+                results[i] = (scores, None, scored, total)
         return results
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -134,11 +193,14 @@ class PRMScorer:
         wrong = [i for i, c in enumerate(correct) if c is False]
         step_scores: list = [None] * batch.num_rows
         errors: list = [None] * batch.num_rows
+        scored_steps: list = [None] * batch.num_rows
+        total_steps: list = [None] * batch.num_rows
         questions, responses = batch["question"].to_pylist(), batch["response"].to_pylist()
         scored = self.score([questions[i] for i in wrong], [responses[i] or "" for i in wrong])
-        for i, (scores, error) in zip(wrong, scored):
-            step_scores[i], errors[i] = scores, error
-        aggregated = [aggregate(s, self.aggregation) if s else None for s in step_scores]
-        for field, values in zip(SCORE_FIELDS, (step_scores, aggregated, errors)):
+        for i, (scores, error, k, n) in zip(wrong, scored):
+            step_scores[i], errors[i], scored_steps[i], total_steps[i] = scores, error, k, n
+        aggregated = [aggregate(s, self.aggregation, n, self.step_threshold) if s else None
+                      for s, n in zip(step_scores, total_steps)]
+        for field, values in zip(SCORE_FIELDS, (step_scores, aggregated, errors, scored_steps, total_steps)):
             batch = batch.append_column(field, pa.array(values, field.type))
         return batch

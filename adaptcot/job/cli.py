@@ -131,7 +131,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     sandbox = SandboxConfig(isolation=args.isolation, timeout_s=args.timeout, memory_mb=args.memory_mb)
     config = CodeVerifyConfig(sandbox=sandbox, workers=args.workers, extract=args.extract,
                               float_tolerance=args.float_tolerance)
-    report = verify_file(args.input, args.output, config, math_workers=args.workers)
+    report = verify_file(args.input, args.output, config, math_workers=args.workers,
+                         math_extraction=args.math_extraction)
     print("\n".join(report.lines()))
     print(f"output: {args.output}  rejects: {rejects_path(args.output)}")
     return 0
@@ -221,7 +222,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 # --- the parser ------------------------------------------------------------------------------------------------------
 JOB_COMMANDS = {
     "run": "run the whole job: every stage whose config section is present",
-    "ablate": "adaptive vs uniform sampling and CasCoD vs CoT, over seeds, with intervals",
+    "ablate": "P_eval vs uniform, P_C and another student's P_eval; CasCoD vs CoT; over seeds, with intervals",
     "import": "import the job's question pool (configured sources, or its synthetic pool)",
     "grade": "grade the pool for the student into the question bank (and the eval set for P_eval)",
     "sample": "draw questions from the student's bank by a difficulty distribution",
@@ -300,6 +301,9 @@ def _tool_parsers(sub) -> None:
     verify.add_argument("--extract", choices=["last", "first", "longest", "all"], default="last",
                         help="which fenced python block of a response is the program")
     verify.add_argument("--float-tolerance", type=float, default=None)
+    verify.add_argument("--math-extraction", choices=["math_verify", "strict"], default="math_verify",
+                        help="strict: only a boxed answer, an answer marker or a one-line answer; math_verify: also "
+                             "Math-Verify's last expression, for answers that finished (docs/verification.md)")
     verify.set_defaults(func=cmd_verify)
 
     bank_cmd = sub.add_parser("bank", help="question bank commands").add_subparsers(dest="bank_command",

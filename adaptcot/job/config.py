@@ -22,10 +22,11 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from adaptcot.common import storage
 from adaptcot.common.settings import Strict
 from adaptcot.demo.world import WorldModelsConfig
-from adaptcot.evaluate.ablation_stats import ARMS
 from adaptcot.evaluate.evaluation import JobEvalConfig
+from adaptcot.grade.answering import StudentConfig
 from adaptcot.grade.grading import GradeConfig
 from adaptcot.pool.presets import resolve_mapping
+from adaptcot.sample.distributions import curriculum_distribution
 from adaptcot.sample.draw import SampleConfig
 from adaptcot.sft.records import SFTConfig
 from adaptcot.sft.train_config import TrainConfig
@@ -53,13 +54,15 @@ class SyntheticPoolConfig(Strict):
 
     enabled: bool = False
     # "templated": GSM8K- and APPS-shaped rows (math.jsonl, code.jsonl); "world": the arithmetic ladder of
-    # adaptcot.demo.world: the pool (math.jsonl), a held-out eval split (eval.jsonl, also imported as the pool
-    # `eval_pool_out`, which a `kind: eval` distribution can name) and an out-of-distribution split (ood.jsonl).
+    # adaptcot.demo.world: the pool (math.jsonl), a held-out eval split (eval.jsonl), an out-of-distribution split
+    # (ood.jsonl) and a calibration split (calibration.jsonl, imported as the pool `eval_pool_out`, which a
+    # `kind: eval` distribution names: P_eval is measured on it, never on a split the job reports).
     kind: Literal["templated", "world"] = "templated"
     math_questions: int = Field(default=200, ge=0)
     code_questions: int = Field(default=50, ge=0)
     eval_questions: int = Field(default=0, ge=0)   # world only
     ood_questions: int = Field(default=0, ge=0)    # world only
+    calibration_questions: int = Field(default=0, ge=0)  # world only
     eval_pool_out: str = "eval_pool"               # world only, relative to run_dir
     seed: int = 0
     out: str = "raw"
@@ -68,8 +71,8 @@ class SyntheticPoolConfig(Strict):
     def _world_has_no_code(self):
         if self.kind == "world" and self.code_questions:
             raise ValueError("kind 'world' has no code tasks: set code_questions to 0")
-        if self.kind == "templated" and (self.eval_questions or self.ood_questions):
-            raise ValueError("eval_questions and ood_questions need kind 'world'")
+        if self.kind == "templated" and (self.eval_questions or self.ood_questions or self.calibration_questions):
+            raise ValueError("eval_questions, ood_questions and calibration_questions need kind 'world'")
         return self
 
 
@@ -97,9 +100,24 @@ class AblationConfig(Strict):
     """`adaptcot ablate`: adaptive against uniform sampling and CasCoD against CoT, by seed (`job/ablation.py`)."""
 
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
-    arms: list[Literal["adaptive-cot", "uniform-cot", "adaptive-cascod"]] = list(ARMS)
+    arms: list[Literal["adaptive-cot", "uniform-cot", "curriculum-cot", "transfer-cot", "adaptive-cascod"]] = \
+        ["adaptive-cot", "uniform-cot", "adaptive-cascod"]
     n: int | None = Field(default=None, ge=1)  # questions per sample (default: the job's sample.n)
+    epochs: int | None = Field(default=None, ge=1)  # SFT epochs of each arm (default: the job's train.epochs)
     out: str = "ablation"  # under run_dir
+    # curriculum-cot: P_C's weights (default the seeds' form: five wrong levels, falling with difficulty)
+    curriculum_weights: dict[str, float] = {"wrong_near": 5, "wrong_mild": 4, "wrong_mid": 3, "wrong_hard": 2,
+                                            "wrong_hardest": 1}
+    # transfer-cot: the other student whose P_eval (graded on the job's eval pool into the same bank, by the same
+    # grader) draws the job student's sample; the paper applies a 32B student's distribution to a 7B student.
+    transfer_from: StudentConfig | None = None
+
+    @model_validator(mode="after")
+    def _transfer_needs_a_student(self):
+        if "transfer-cot" in self.arms and self.transfer_from is None:
+            raise ValueError("arm transfer-cot needs ablation.transfer_from (the student whose P_eval is used)")
+        curriculum_distribution(self.curriculum_weights)  # the error names the offending levels
+        return self
 
     @field_validator("seeds", "arms")
     @classmethod

@@ -91,8 +91,8 @@ def pool_imports(cfg: JobConfig) -> list[PoolImportConfig]:
             if count:
                 imports.append(PoolImportConfig(sources=[storage.join(syn.out, f"{name}.jsonl")], domain=domain,
                                                 preset=preset, out=cfg.pool.out, **limit))
-        if syn.kind == "world" and syn.eval_questions:  # its own pool: P_eval's eval set, never sampled from
-            imports.append(PoolImportConfig(sources=[storage.join(syn.out, "eval.jsonl")], domain="math",
+        if syn.kind == "world" and syn.calibration_questions:  # its own pool: P_eval's split, never sampled from
+            imports.append(PoolImportConfig(sources=[storage.join(syn.out, "calibration.jsonl")], domain="math",
                                             preset="gsm8k", out=syn.eval_pool_out, **limit))
     return imports
 
@@ -105,11 +105,13 @@ def write_synthetic_pool(cfg: JobConfig) -> None:
     if syn.kind == "world":
         pool = world.split_rows("pool", syn.math_questions, syn.seed)
         write_jsonl(iter(pool), storage.join(syn.out, "math.jsonl"))
-        seen = {row["question"] for row in pool}  # held-out means no question of the pool
-        for split, n in (("eval", syn.eval_questions), ("ood", syn.ood_questions)):
+        seen = {row["question"] for row in pool}  # held-out means no question of the pool, nor of another split
+        for split, n in (("eval", syn.eval_questions), ("ood", syn.ood_questions),
+                         ("calibration", syn.calibration_questions)):
             if n:
-                write_jsonl(iter(world.split_rows(split, n, syn.seed, exclude=seen)),
-                            storage.join(syn.out, f"{split}.jsonl"))
+                rows = world.split_rows(split, n, syn.seed, exclude=seen)
+                seen.update(row["question"] for row in rows)
+                write_jsonl(iter(rows), storage.join(syn.out, f"{split}.jsonl"))
         return
     if syn.math_questions:
         write_jsonl(math_rows(syn.math_questions, syn.seed), storage.join(syn.out, "math.jsonl"))
@@ -189,9 +191,18 @@ def samples_path(cfg: JobConfig) -> str:
     return cfg.path("samples", "samples.parquet")
 
 
+def reported_questions(cfg: JobConfig) -> list[str]:
+    """The questions of the benchmarks the job evaluates on (P_eval's eval set may not hold any of them)."""
+    if cfg.eval is None:
+        return []
+    config = eval_config(cfg, "before")
+    return [q for spec in config.specs() for q in load_benchmark(spec, config.out)["question"].to_pylist()]
+
+
 def sample(cfg: JobConfig) -> SampleReport:
     g = cfg.grade
-    return draw_sample(g.bank, g.pool, g.student.display_name, g.grader_id(), cfg.sample, cfg.path("samples"))
+    return draw_sample(g.bank, g.pool, g.student.display_name, g.grader_id(), cfg.sample, cfg.path("samples"),
+                       reported_questions=reported_questions(cfg))
 
 
 @dataclass
@@ -224,7 +235,7 @@ def teach(cfg: JobConfig, journal_dir: str | None = None) -> TeachOutcome:
                                 pc.equal(stored["sampling_key"], teacher_cfg.sampling_key())))
     filtered = filter_on_ray(stored.filter(in_sample), samples, cfg.filter)
     storage.write_table(filtered, storage.join(out, "cots.parquet"))
-    outcome = TeachOutcome(report, FilterReport.of(filtered))
+    outcome = TeachOutcome(report, FilterReport.of(filtered, cfg.filter.math_extraction))
     storage.write_text(storage.join(out, "filter_report.json"), json.dumps(
         {"teach": report.__dict__, "filter": outcome.filter.__dict__}, indent=2, default=dict))
     return outcome
@@ -335,7 +346,7 @@ def code_isolation_note(cfg: JobConfig) -> str:
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
-    Stage("models", "tiny_models", build_models, "the student, teacher and PRM, built on the spot (later runs "
+    Stage("models", "tiny_models", build_models, "the students, teacher and PRM, built on the spot (later runs "
           "reuse them)"),
     Stage("import", None, import_pools, "importing the question pool", check=check_imports),
     Stage("grade", "grade", grade, "the student answers the pool; answers are verified, wrong ones scored by the "

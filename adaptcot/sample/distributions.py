@@ -3,8 +3,9 @@
 A `Distribution` gives a weight to every level, named (never numbered), easiest first, summing to 1, and records
 where it came from (`provenance`). It is saved beside each sample as a small JSON artifact (`save_distribution`).
 
-- `curriculum_distribution(weights)`: P_C(level) = w / sum(w). Every level must be named once with a weight > 0,
-  and the weights must decrease strictly from `easy` to `wrong_hardest` (the paper's w_i > w_{i+1}).
+- `curriculum_distribution(weights)`: P_C(level) = w / sum(w), the weights > 0 and decreasing strictly with
+  difficulty (the paper's w_i > w_{i+1}): over the five wrong levels, as the seeds define P_C (easy questions are
+  then not drawn), or over all six levels, easy included (adaptcot's extension).
 - `eval_distribution(...)`: P_eval, the level histogram of the student on the eval set. The eval pool is graded into
   the same bank partition (same student, same grader id, so the same grading code and settings) with
   `adaptcot grade --pool EVAL_POOL`; a level the student never reached on the eval set has weight 0.
@@ -70,8 +71,19 @@ class Distribution:
         object.__setattr__(self, "weights", weights)
 
 
+WRONG_LEVEL_NAMES = LEVEL_NAMES[1:]
+
+
 def curriculum_distribution(weights: dict[str, float]) -> Distribution:
-    """P_C from hand-set weights: all six levels named, each > 0, strictly decreasing from easy to wrong_hardest."""
+    """P_C from hand-set weights, each > 0, strictly decreasing with difficulty: over the five wrong levels (the
+    seeds' form: wrong_near .. wrong_hardest named, `easy` not sampled), or over all six levels (adaptcot's)."""
+    if set(weights) == set(WRONG_LEVEL_NAMES):  # the seeds' five levels: easy questions get no weight
+        five = curriculum_distribution({"easy": 2 * max(map(float, weights.values())) + 1, **weights})
+        total = sum(float(weights[lv]) for lv in WRONG_LEVEL_NAMES)
+        return Distribution("curriculum", {"easy": 0.0, **{lv: float(weights[lv]) / total
+                                                           for lv in WRONG_LEVEL_NAMES}},
+                            {"weights": {lv: five.provenance["weights"][lv] for lv in WRONG_LEVEL_NAMES},
+                             "form": "five wrong levels (the seeds')"})
     raw = _named_levels(weights, "curriculum weights")
     bad = [lv for lv, w in raw.items() if not math.isfinite(w) or w <= 0]
     if bad:
@@ -141,12 +153,19 @@ def load_distribution(path: str | Path) -> Distribution:
 
 
 class DistributionConfig(Strict):
-    """`kind: curriculum` with `weights` (checked here, before any work), `kind: eval` with `eval_pool`, or
+    """`kind: curriculum` with `weights` (five wrong levels or all six; checked here, before any work), `kind: eval`
+    with `eval_pool` (and `allow_overlap`), or
     `kind: uniform` (the bank's own level shares) with neither."""
 
     kind: Literal["eval", "curriculum", "uniform"]
     weights: dict[str, float] | None = None
     eval_pool: str | None = None
+    # P_eval measured on questions that a reported benchmark also holds tunes the sample to the test set: the job
+    # stops, naming them, unless this is set (the report then says so).
+    allow_overlap: bool = False
+    # Whose P_eval, as NAME@GRADER_ID of another student graded on the eval pool into the same bank (the paper's
+    # transfer: a 32B student's distribution used for a 7B one); default: the student the sample is drawn for.
+    student: str | None = None
 
     @field_validator("weights")
     @classmethod
@@ -158,13 +177,15 @@ class DistributionConfig(Strict):
     @model_validator(mode="after")
     def _fields_match_kind(self):
         if self.kind == "curriculum" and (self.weights is None or self.eval_pool is not None):
-            raise ValueError("kind 'curriculum' needs `weights` (one per level, easy .. wrong_hardest) "
-                             "and no `eval_pool`")
+            raise ValueError("kind 'curriculum' needs `weights` (one per level: wrong_near .. wrong_hardest, or "
+                             "easy .. wrong_hardest) and no `eval_pool`")
         if self.kind == "eval" and (self.eval_pool is None or self.weights is not None):
             raise ValueError("kind 'eval' needs `eval_pool` (the eval set's pool directory, graded into the same "
                              "bank with `adaptcot grade --pool EVAL_POOL`) and no `weights`")
         if self.kind == "uniform" and (self.weights is not None or self.eval_pool is not None):
             raise ValueError("kind 'uniform' takes neither `weights` nor `eval_pool`")
+        if self.student is not None and (self.kind != "eval" or "@" not in self.student):
+            raise ValueError("`student` (whose P_eval) needs kind 'eval' and the form NAME@GRADER_ID")
         return self
 
 
@@ -177,4 +198,6 @@ def build_distribution(cfg: DistributionConfig, bank_root: str | Path, student: 
         if available is None:
             raise ValueError("kind 'uniform' weighs levels by the questions available to a sample: pass `available`")
         return uniform_distribution(available)
+    if cfg.student is not None:
+        student, grader_id = cfg.student.rsplit("@", 1)
     return eval_distribution(bank_root, student, grader_id, eval_pool_ids(cfg.eval_pool), cfg.eval_pool)

@@ -36,10 +36,11 @@ from adaptcot.common import schemas, storage
 from adaptcot.common.schemas import Level
 from adaptcot.common.settings import Strict
 from adaptcot.grade import bank
-from adaptcot.pool.importer import pool_files
-from adaptcot.sample.distributions import (LEVEL_NAMES, Distribution, DistributionConfig, build_distribution,
-                                           eval_pool_ids, save_distribution)
-from adaptcot.sample.exclusions import exclusion_ids, mark_exclusions, order_key, previous_sample_ids
+from adaptcot.pool.importer import pool_files, read_pool
+from adaptcot.sample.distributions import (LEVEL_NAMES, Distribution, DistributionConfig, DistributionError,
+                                           build_distribution, eval_pool_ids, save_distribution)
+from adaptcot.sample.exclusions import (exclusion_ids, mark_exclusions, order_key, overlapping_questions,
+                                        previous_sample_ids)
 
 BANK_COLUMNS = ["question_id", "domain", "student", "grader_id", "level", "difficulty_rank"]
 QUESTION_FIELDS = ["question", "reference_answer", "tests", "starter_code"]
@@ -253,11 +254,33 @@ class _Marked:
         return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in BANK_COLUMNS})
 
 
+def check_eval_set_overlap(distribution: DistributionConfig, reported_questions: list[str]) -> dict | None:
+    """P_eval's eval set must share no question with a benchmark the job reports: a DistributionError naming the
+    shared questions, or, with `allow_overlap`, a note for the distribution's provenance (None: no overlap)."""
+    if distribution.kind != "eval" or not reported_questions:
+        return None
+    questions = read_pool(distribution.eval_pool, ["question_id", "question"])
+    shared = overlapping_questions(questions, reported_questions)
+    if not shared:
+        return None
+    if not distribution.allow_overlap:
+        shown = "; ".join(repr(q[:80]) for q in shared[:5])
+        raise DistributionError(
+            f"{len(shared)} of the {questions.num_rows} questions P_eval is measured on ({distribution.eval_pool}) "
+            f"are in a benchmark the job reports, so the sample would be tuned on the test set: {shown}"
+            f"{' ...' if len(shared) > 5 else ''}. Measure P_eval on a calibration split of its own, or set "
+            "sample.distribution.allow_overlap: true (the report then says so)")
+    return {"questions": len(shared), "of": questions.num_rows, "allowed": True}
+
+
 def sample(bank_root: str | Path, pool_dir: str | Path, student: str, grader_id: str, config: SampleConfig,
-           out_dir: str | Path, in_process_max_rows: int = bank.IN_PROCESS_MAX_ROWS) -> SampleReport:
+           out_dir: str | Path, in_process_max_rows: int = bank.IN_PROCESS_MAX_ROWS,
+           reported_questions: list[str] = ()) -> SampleReport:
     """Draw `config.n` questions of `pool_dir` from `student`'s bank partition and write them to `out_dir`.
     A partition of more than `in_process_max_rows` rows is drawn on Ray Data (Ray must be up then; `adaptcot
-    sample` starts it)."""
+    sample` starts it). `reported_questions`: the questions of the benchmarks the job reports; P_eval's eval set may
+    not hold any of them (`check_eval_set_overlap`)."""
+    overlap = check_eval_set_overlap(config.distribution, list(reported_questions))
     files = bank.part_files(bank_root, "bank", student, grader_id)
     if not files:
         raise FileNotFoundError(f"no graded questions for {student} (grader {grader_id}) in {bank_root}; "
@@ -276,6 +299,8 @@ def sample(bank_root: str | Path, pool_dir: str | Path, student: str, grader_id:
     available, removed = marked.counts()
     if dist is None:
         dist = build_distribution(config.distribution, bank_root, student, grader_id, available)
+    if overlap:
+        dist = Distribution(dist.kind, dist.weights, {**dist.provenance, "benchmark_overlap": overlap})
     excluded = {"not_in_pool": bank_rows - sum(available.values()) - sum(removed.values()),
                 **({"domain": removed.get("domain", 0)} if config.domains else {}),
                 **{reason: removed.get(reason, 0) for reason in drop_ids}}

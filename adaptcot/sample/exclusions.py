@@ -45,16 +45,29 @@ def _benchmark_rows(path: str) -> Iterator[tuple[str | None, str | None]]:
         yield text, qid
 
 
+def identity_ids(text: str) -> set[str]:
+    """The ids a question has in a pool of either domain: what every exclusion below matches on."""
+    return {question_id(normalise_text(str(text)), domain) for domain in DOMAINS}
+
+
 def exclusion_ids(paths: Iterable[str]) -> set[str]:
     """Question ids of benchmark questions, under both domains, so a question matches whatever pool it is in."""
     ids: set[str] = set()
     for path in paths:
         for text, qid in _benchmark_rows(path):
             if text:
-                ids.update(question_id(normalise_text(str(text)), domain) for domain in DOMAINS)
+                ids.update(identity_ids(text))
             if qid:
                 ids.add(str(qid))
     return ids
+
+
+def overlapping_questions(questions: pa.Table, benchmark_questions: Iterable[str]) -> list[str]:
+    """The questions (`question_id`, `question`) that a benchmark also holds, by the identity key that excludes
+    benchmark questions from a sample (one rule for both)."""
+    ids = set().union(*(identity_ids(q) for q in benchmark_questions))
+    hit = pc.is_in(questions["question_id"], value_set=pa.array(sorted(ids), pa.string()))
+    return questions.filter(hit)["question"].to_pylist()
 
 
 def previous_sample_ids(paths: Iterable[str]) -> set[str]:

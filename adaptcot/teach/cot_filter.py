@@ -7,15 +7,18 @@ sampled questions they answer (`schemas.SAMPLES` columns), and returns the same 
 1. `error`: the teacher request failed (`error` is set): nothing to verify;
 2. `truncated`: `finish_reason == "length"` (if `drop_truncated`);
 3. `too_long`: `completion_tokens > max_completion_tokens` (if set; a row without a token count is not dropped);
-4. `bad_format` (if `require_format`): no answer the rules can read, verdict `no_answer`: for math, no `\\boxed{}`,
-   answer marker or bare one-line answer (what `verify/math_answers.py` reads); for code, no fenced python block
-   (even when the code verifier's `whole_response_fallback` is on: SFT data should teach the fenced form);
+4. `bad_format` (if `require_format`): no answer the rules can read, verdict `no_answer`: for math, what
+   `verify/math_answers.py` reads with `math_extraction` (`strict`: a `\\boxed{}`, an answer marker or a bare
+   one-line answer; `math_verify`, the default: also the last expression of a CoT whose `finish_reason` is "stop");
+   for code, no fenced python block (even when the code verifier's `whole_response_fallback` is on: SFT data
+   should teach the fenced form);
 5. verification of `answer_text` (the text after the reasoning): math by `MathVerifier`, code by `CodeVerifier`
    running the question's tests; then, for math rows whose verdict is in `judge.on`, the LLM judge;
    `wrong_answer` if `correct` is false, `undecided` if it is still null (verifier timeout or error, sandbox error,
    an unreadable judge reply).
 Kept rows have `correct` true and `drop_reason` null. Rows dropped by checks 1-3 are not verified: their `verdict`
-and `correct` are null and `verify_detail` says why.
+and `correct` are null and `verify_detail` says why. A verified math row's `verify_detail` ends with the rule that
+read its answer ("answer rule: last_expression"), which `FilterReport` counts for the kept CoTs.
 
 The judge is any `Callable[[list[str]], list[str | None]]` (prompts in, raw replies out, one per prompt, in order);
 the caller wires it to an OpenAI-compatible endpoint. `parse_judgement` reads YES / NO from a reply.
@@ -48,7 +51,7 @@ from adaptcot.teach.client import EndpointConfig, complete_all
 from adaptcot.verify.attempts import code_verifier_on_this_node
 from adaptcot.verify.code_answers import extract_code
 from adaptcot.verify.code_tests import CodeVerifier, CodeVerifyConfig
-from adaptcot.verify.math_answers import MathVerifier
+from adaptcot.verify.math_answers import ANSWER_RULES, Extraction, MathVerifier, is_finished
 
 Judge = Callable[[list[str]], list[str | None]]
 OUTPUT_COLUMNS = ("verdict", "correct", "verify_detail", "drop_reason")
@@ -63,6 +66,7 @@ DEFAULT_JUDGE_PROMPT = (
     "or expression, whatever the notation (3/4 and 0.75; x = 2 and 2). End your reply with one word on its own "
     "line: YES if they are equivalent, NO if they are not."
 )
+_RULE_NOTE = "answer rule: "  # ends a verified math row's verify_detail; FilterReport reads it back
 _JUDGEMENT = re.compile(  # a negative form first, so "not equivalent" is never read as "equivalent"
     r"(?P<no>(?:\bnot\s+|n['’]t\s+|\bnon-?|\bin)equivalent\b|\bno\b)|(?P<yes>\bequivalent\b|\byes\b)", re.IGNORECASE)
 
@@ -102,6 +106,7 @@ class FilterConfig(Strict):
     judge: JudgeConfig | None = None
     verify_workers: int = Field(default=1, ge=1)  # math-verify processes
     verify_timeout_s: float = Field(default=5.0, gt=0)
+    math_extraction: Extraction = "math_verify"  # which math answers are read (verify/math_answers.py)
     code: CodeVerifyConfig = CodeVerifyConfig()
     concurrency: ActorPoolSize = 1  # filter actors on Ray, or [min, max] to autoscale
     num_cpus: float = Field(default=0.25, gt=0)  # per actor: fractional, never starving upstream tasks
@@ -172,12 +177,15 @@ def _verify(rows: list[dict], todo: list[int], questions: dict, decisions: list[
     if code_at and code is None:
         raise ValueError(f"filter_cots: {len(code_at)} code row(s) but no CodeVerifier was given")
     pairs = [(rows[i]["answer_text"], questions[rows[i]["question_id"]]["reference_answer"]) for i in math_at]
-    verdicts = list(zip(math_at, math.verify_many(pairs), strict=True))
+    finished = [is_finished(rows[i]["finish_reason"]) for i in math_at]
+    verdicts = list(zip(math_at, math.verify_many(pairs, finished), strict=True))
     if code_at:
         pairs = [(rows[i]["answer_text"], questions[rows[i]["question_id"]]["tests"]) for i in code_at]
         verdicts += list(zip(code_at, code.verify_many(pairs), strict=True))
     for i, v in verdicts:
-        decisions[i] = _Decision(v.verdict, v.correct, v.detail or None)
+        rule = getattr(v, "rule", None)  # code verdicts have none
+        detail = "; ".join(part for part in (v.detail, rule and _RULE_NOTE + rule) if part)
+        decisions[i] = _Decision(v.verdict, v.correct, detail or None)
 
 
 def _ask_judge(rows: list[dict], todo: list[int], questions: dict, decisions: list[_Decision], config: JudgeConfig,
@@ -282,16 +290,20 @@ class FilterReport:
     dropped: Counter = field(default_factory=Counter)  # drop reason -> CoTs
     dropped_by_level: dict[str, Counter] = field(default_factory=dict)  # level -> drop reason -> CoTs
     judged: Counter = field(default_factory=Counter)  # judge_passed / judge_failed -> CoTs
+    rules: Counter = field(default_factory=Counter)  # answer rule -> math CoTs kept on the verifier's verdict
+    math_extraction: str | None = None  # the filter's setting, when the caller gives it
 
     @classmethod
-    def of(cls, table: pa.Table) -> FilterReport:
-        """Counts of a filtered table (only `level`, `drop_reason` and `verdict` are read)."""
-        report = cls(rows=table.num_rows)
-        columns = (table.column(name).to_pylist() for name in ("level", "drop_reason", "verdict"))
-        for level, reason, verdict in zip(*columns):
+    def of(cls, table: pa.Table, math_extraction: str | None = None) -> FilterReport:
+        """Counts of a filtered table (only `level`, `drop_reason`, `verdict` and `verify_detail` are read)."""
+        report = cls(rows=table.num_rows, math_extraction=math_extraction)
+        columns = (table.column(name).to_pylist() for name in ("level", "drop_reason", "verdict", "verify_detail"))
+        for level, reason, verdict, detail in zip(*columns):
             level = level or NO_LEVEL
             if reason is None:
                 report.kept[level] += 1
+                if verdict == "passed" and detail and _RULE_NOTE in detail:
+                    report.rules[detail.rsplit(_RULE_NOTE, 1)[1]] += 1
             else:
                 report.dropped[reason] += 1
                 report.dropped_by_level.setdefault(level, Counter())[reason] += 1
@@ -312,6 +324,9 @@ class FilterReport:
                 out.append(f"    {lv}: " + ", ".join(f"{r} {by[r]}" for r in _ordered(by, DROP_REASONS)))
         if self.judged:
             out.append(f"  judge: {self.judged['judge_passed']} passed, {self.judged['judge_failed']} failed")
+        if self.rules or self.math_extraction:
+            out.append(f"  kept math answers found by rule (extraction {self.math_extraction or 'not given'}): "
+                       + (", ".join(f"{r} {self.rules[r]}" for r in _ordered(self.rules, ANSWER_RULES)) or "-"))
         return out
 
 
@@ -337,7 +352,8 @@ class CoTFilterActor:
     def __init__(self, config: FilterConfig, judge_factory: Callable[[], Judge] | None = None,
                  expect_code: bool = False):
         self.config = config
-        self.math = MathVerifier(workers=config.verify_workers, timeout_s=config.verify_timeout_s)
+        self.math = MathVerifier(workers=config.verify_workers, timeout_s=config.verify_timeout_s,
+                                 extraction=config.math_extraction)
         self.judge = judge_factory() if judge_factory is not None else None
         self._code: CodeVerifier | None = None
         if expect_code:

@@ -1,8 +1,8 @@
 """Verdicts for model answers to pool questions, math and code in one batch: what grading, evaluation and (through
 `cot_filter`) the teacher's CoTs are judged by.
 
-- `verify_attempts` (pure): a batch of attempt rows of both domains -> the same rows with `verdict`, `correct` and
-  `verify_detail`, in order; every row comes out exactly once.
+- `verify_attempts` (pure): a batch of attempt rows of both domains -> the same rows with `verdict`, `correct`,
+  `verify_detail` and `answer_rule` (math; null for code), in order; every row comes out exactly once.
 - `AttemptVerifier` (Ray Data stage): one per actor, math-verify worker processes started once; where code is
   expected, the actor checks at start that its node can isolate generated code and stops the job, naming the node,
   if not (sandboxes start on the first code row); an attempt the engine refused keeps verdict `error`, correct null.
@@ -20,13 +20,16 @@ from pydantic import Field
 from adaptcot.common.schemas import tests_from_json
 from adaptcot.common.settings import ActorPoolSize, Strict
 from adaptcot.verify.code_tests import CodeVerifier, CodeVerifyConfig, verify_code_table
-from adaptcot.verify.math_answers import MathVerifier, verify_table
+from adaptcot.verify.math_answers import Extraction, MathVerifier, verify_table
 from adaptcot.verify.sandbox import SandboxUnavailable
 
 
 class VerifyConfig(Strict):
     workers: int = Field(default=1, ge=1)  # verifier processes per actor
     timeout_s: float = Field(default=5.0, gt=0)
+    # Which math answers are read: "math_verify" also takes the last expression of an answer that finished,
+    # "strict" only a box, an answer marker or a one-line answer (verify/math_answers.py).
+    math_extraction: Extraction = "math_verify"
     concurrency: ActorPoolSize = 1  # verifier actors (math processes, sandboxes), or [min, max] to autoscale
     num_cpus: float = Field(default=0.25, gt=0)
     code: CodeVerifyConfig = CodeVerifyConfig()  # the sandbox and comparison settings for code answers
@@ -44,6 +47,10 @@ def verify_attempts(batch: pa.Table, math: MathVerifier, code: Callable[[], Code
     if code_rows.num_rows:
         tests = [tests_from_json(t) for t in code_rows["tests_json"].to_pylist()]
         checked = verify_code_table(code_rows.append_column("tests", [tests]), code())
+        no_rule = pa.nulls(checked.num_rows, pa.string())  # a program has no answer rule
+        at = checked.schema.get_field_index("answer_rule")
+        checked = checked.set_column(at, "answer_rule", no_rule) if at >= 0 else checked.append_column(
+            "answer_rule", no_rule)
         parts.append(checked.select(parts[0].column_names))
     out = pa.concat_tables(parts)
     out = out.take(pc.sort_indices(out["_row"]))
@@ -74,7 +81,8 @@ class AttemptVerifier:
     expect_code: check at start that this node can isolate generated code (a math-only job never needs it)."""
 
     def __init__(self, config: VerifyConfig, expect_code: bool = False):
-        self.verifier = MathVerifier(workers=config.workers, timeout_s=config.timeout_s)
+        self.verifier = MathVerifier(workers=config.workers, timeout_s=config.timeout_s,
+                                     extraction=config.math_extraction)
         self.code_config, self._code = config.code, None
         if expect_code:
             self._code_verifier()

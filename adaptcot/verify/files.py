@@ -2,10 +2,11 @@
 
 Each input row (JSONL or Parquet; format in docs/verification.md) holds a `response` and either a math
 `reference_answer` or code `tests`; the output is every input row with `verdict`, `correct`, `verify_detail`,
-`tests_passed` and `tests_total` added, in input order. A row that cannot be verified (no response, no reference
+`answer_rule`, `tests_passed` and `tests_total` added, in input order. A row that cannot be verified (no response, no reference
 or tests, tests of an unknown kind) goes to a rejects file next to the output with its reason; the run goes on.
-Math goes through `math_answers.MathVerifier` (time-limited worker processes), code through
-`code_tests.CodeVerifier` (warm sandboxes). Runs locally without Ray; Ray jobs use the stages' actors instead.
+Math goes through `math_answers.MathVerifier` (time-limited worker processes; a row's own `finish_reason`, if it
+has one, says whether it finished, which `math_extraction="math_verify"` needs to read a last expression), code
+through `code_tests.CodeVerifier` (warm sandboxes). Runs locally without Ray; Ray jobs use the stages' actors instead.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from adaptcot.common.terminal import bar
 from adaptcot.pool.assert_styles import UnusableTests, runnable_test_code
 from adaptcot.pool.sources import batched, open_source
 from adaptcot.verify.code_tests import CodeVerifier, CodeVerifyConfig
-from adaptcot.verify.math_answers import MathVerifier
+from adaptcot.verify.math_answers import Extraction, MathVerifier, is_finished
 
-VERDICT_COLUMNS = ("verdict", "correct", "verify_detail", "tests_passed", "tests_total")
+VERDICT_COLUMNS = ("verdict", "correct", "verify_detail", "answer_rule", "tests_passed", "tests_total")
 REJECT_REASONS = {"malformed_row": "not a record (bad JSON line, invalid UTF-8)",
                   "missing_response": "no `response` text",
                   "missing_answer": "a math row without `reference_answer`",
@@ -41,9 +42,16 @@ class VerifyReport:
     verdicts: Counter = field(default_factory=Counter)
     rejects: Counter = field(default_factory=Counter)
     code_isolation: str | None = None  # what every code verdict ran under (the sandbox never falls back)
+    math_extraction: str | None = None  # how math answers were read (math_answers.Extraction)
+    rules: Counter = field(default_factory=Counter)  # answer rule -> math rows whose answer it found
+    unfinished: int = 0  # math rows without finish_reason "stop": never read by the last-expression rule
 
     def lines(self) -> list[str]:
         out = [f"verified {self.rows} rows: " + ", ".join(f"{v} {n}" for v, n in sorted(self.verdicts.items()))]
+        if self.math_extraction:
+            found = ", ".join(f"{r} {n}" for r, n in sorted(self.rules.items())) or "none"
+            out.append(f"math answers found by rule: {found} (extraction {self.math_extraction}; "
+                       f"{self.unfinished} rows without finish_reason 'stop' read without the last expression)")
         if self.code_isolation:
             out.append(f"code verdicts ran under isolation: {self.code_isolation}")
         if self.rejects:
@@ -57,13 +65,18 @@ class RowProblem(ValueError):
         self.reason = reason
 
 
+def domain_of(record: dict[str, Any]) -> str:
+    """The row's `domain`; default: code if it has `tests`, else math."""
+    return record.get("domain") or ("code" if record.get("tests") is not None else "math")
+
+
 def check_row(record: dict[str, Any]) -> tuple[str, str, Any]:
     """(domain, response, reference answer or tests dict) of a row, or RowProblem."""
     response = record.get("response")
     if not isinstance(response, str) or not response.strip():
         raise RowProblem("missing_response", "the row has no response text")
     tests, reference = record.get("tests"), record.get("reference_answer", record.get("answer"))
-    domain = record.get("domain") or ("code" if tests is not None else "math")
+    domain = domain_of(record)
     if domain == "math":
         if reference is None or not str(reference).strip():
             raise RowProblem("missing_answer", "math row without reference_answer")
@@ -97,11 +110,12 @@ def verify_records(records: list[dict], math: MathVerifier, code: CodeVerifier) 
     math_at = [i for i, (domain, _, _) in enumerate(checked) if domain == "math"]
     code_at = [i for i, (domain, _, _) in enumerate(checked) if domain == "code"]
     out: list[dict] = [{}] * len(records)
-    for i, v in zip(math_at, math.verify_many([checked[i][1:] for i in math_at])):
-        out[i] = {"verdict": v.verdict, "correct": v.correct, "verify_detail": v.detail,
+    finished = [is_finished(records[i].get("finish_reason")) for i in math_at]
+    for i, v in zip(math_at, math.verify_many([checked[i][1:] for i in math_at], finished)):
+        out[i] = {"verdict": v.verdict, "correct": v.correct, "verify_detail": v.detail, "answer_rule": v.rule,
                   "tests_passed": None, "tests_total": None}
     for i, v in zip(code_at, code.verify_many([checked[i][1:] for i in code_at])):
-        out[i] = {"verdict": v.verdict, "correct": v.correct, "verify_detail": v.detail,
+        out[i] = {"verdict": v.verdict, "correct": v.correct, "verify_detail": v.detail, "answer_rule": None,
                   "tests_passed": v.tests_passed, "tests_total": v.tests_total}
     return out
 
@@ -112,7 +126,8 @@ def rejects_path(output: str | Path) -> Path:
 
 
 def verify_file(input_path: str, output: str, code_config: CodeVerifyConfig = CodeVerifyConfig(),
-                math_workers: int = 1, math_timeout_s: float = 5.0, batch_rows: int = 256) -> VerifyReport:
+                math_workers: int = 1, math_timeout_s: float = 5.0, batch_rows: int = 256,
+                math_extraction: Extraction = "math_verify") -> VerifyReport:
     """Verify every row of `input_path` into `output` (.jsonl or .parquet); rejects into `rejects_path(output)`."""
     source = open_source(input_path)  # fails here, before any sandbox starts, if the input cannot be read
     output_path = Path(output)
@@ -122,7 +137,7 @@ def verify_file(input_path: str, output: str, code_config: CodeVerifyConfig = Co
     tmp_out = output_path.with_name(output_path.name + ".tmp")
     tmp_rejects = Path(f"{rejects_path(output)}.tmp")
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    with MathVerifier(math_workers, math_timeout_s) as math, CodeVerifier(code_config) as code, \
+    with MathVerifier(math_workers, math_timeout_s, math_extraction) as math, CodeVerifier(code_config) as code, \
             open(tmp_rejects, "w") as rejects, open(tmp_out, "w") as jsonl, \
             bar(desc="verify", unit="row") as progress:
         for batch in batched(source.rows(), batch_rows):
@@ -141,6 +156,7 @@ def verify_file(input_path: str, output: str, code_config: CodeVerifyConfig = Co
             report.verdicts.update(r["verdict"] for r in rows)
             if any(r.get("domain") == "code" for r in good):
                 report.code_isolation = code_config.sandbox.isolation
+            _count_math(report, rows, math_extraction)
             if output_path.suffix == ".jsonl":
                 jsonl.writelines(json.dumps(r, default=str) + "\n" for r in rows)
             else:
@@ -150,6 +166,15 @@ def verify_file(input_path: str, output: str, code_config: CodeVerifyConfig = Co
     os.replace(tmp_out, output_path)  # nothing half-written is ever left under the output's name
     os.replace(tmp_rejects, rejects_path(output))
     return report
+
+
+def _count_math(report: VerifyReport, rows: list[dict], extraction: str) -> None:
+    """Which rule found each math answer, and how many math rows could not use the last expression."""
+    math_rows = [r for r in rows if domain_of(r) == "math"]
+    if math_rows:
+        report.math_extraction = extraction
+    report.rules.update(r["answer_rule"] for r in math_rows if r["answer_rule"])
+    report.unfinished += sum(not is_finished(r.get("finish_reason")) for r in math_rows)
 
 
 def _rows_to_table(rows: list[dict]) -> pa.Table:

@@ -5,21 +5,35 @@ and plain answers, fractions vs decimals, units and currency, percentages, sets,
 the calling process with no time limit. `MathVerifier` runs it in a `pebble` process pool, one timeout per pair: a
 pair that runs too long comes back as `timeout` and its worker is killed and replaced (workers start from a
 forkserver, so a script using it needs the usual `if __name__ == "__main__":` guard). `verify_table` grades an
-Arrow table (`response`, `reference_answer` -> `verdict`, `correct`, `verify_detail`); `MathVerifyActor` is the
+Arrow table (`response`, `reference_answer`, and `finish_reason` if present -> `verdict`, `correct`,
+`verify_detail`, `answer_rule`; without `finish_reason` no row counts as finished); `MathVerifyActor` is the
 Ray Data wrapper (`ds.map_batches(MathVerifyActor, fn_constructor_kwargs={...}, batch_format="pyarrow", ...)`).
 
-Which answer is read from a response:
+Which answer is read from a response (the rule that found it is `Verdict.rule`, the attempts' `answer_rule`):
 - the text after the last `</think>`; a `<think>` that is never closed means the reasoning was cut off: no answer;
-- else the last `\\boxed{}` (Math-Verify merges boxes a few characters apart joined by "," / "and" / "or" into
-  one set of answers), else an answer marker ("final answer is", "answer:", "the answer is", "#### 72");
-- else, only if the whole response is one short line ("72", "$\\frac{3}{4}$"), that line.
-A bare last number in prose is not taken: it would credit reasoning that stopped mid-way at the right value.
+- `boxed`: the last `\\boxed{}` (Math-Verify merges boxes a few characters apart joined by "," / "and" / "or"
+  into one set of answers); else `marker`: an answer marker ("final answer is", "answer:", "the answer is",
+  "#### 72");
+- else `bare_line`: only if the whole response is one short line ("72", "$\\frac{3}{4}$"), that line;
+- else `last_expression`, with `extraction="math_verify"` (the default) and only for a response that finished
+  (`finished=True`: its finish reason is in `FINISHED`, "stop"): Math-Verify's own extraction, `parse` with its
+  default LaTeX and expression configs, which takes the last LaTeX formula or expression that parses ("so the
+  minimum value is $1$.", "there are 12 ways in total."; a full stop just inside a formula's closing delimiter,
+  "= \\frac{9}{2}.$$", is dropped first, as Math-Verify misreads it). This is Math-Verify's default, and what the
+  evaluations built on it do (lighteval's math metrics, open-r1's evaluation tasks). `extraction="strict"` stops
+  before it (adaptcot's only rule before the setting existed; open-r1's GRPO accuracy reward also needs a box or an
+  answer marker).
+A bare last number of a response that did not finish (cut off at the token limit, or whose finish reason is
+unknown) is never taken: it would credit reasoning that stopped mid-way at the right value. The fallback also reads
+the last number of a finished answer that ends in prose after its result ("the remainder is 7 when divided by
+9" reads 9); `strict` is for when that matters more than answers stated only in prose.
 
 Multiple choice: a reference answer that is one uppercase letter A-J (GPQA, imported with `distractors`) is an
 option letter. The response's choice is the letter of its last `\\boxed{}` ("C", "(C)", "\\text{C}", "C) 42 eV"; a
 box holding anything else is no answer), else of its last answer marker ("the answer is (C)", "Answer: C",
-"**Answer:** C", read by Math-Verify's string extraction), else a response that is nothing but the letter;
-verdicts passed, wrong_answer or no_answer.
+"**Answer:** C", read by Math-Verify's string extraction), else a response that is nothing but the letter (rules
+`boxed`, `marker`, `bare_line`; a letter in prose is never guessed, whatever the extraction); verdicts passed,
+wrong_answer or no_answer.
 
 Not covered: no LLM judge yet (free-text and proof answers are compared as strings, if at all); a choice given
 only as the option's text, not its letter, is no answer; degrees are not converted to radians; a response cut off
@@ -35,7 +49,9 @@ import concurrent.futures.process
 import logging
 import multiprocessing
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import pyarrow as pa
 
@@ -43,9 +59,13 @@ from adaptcot.common.schemas import require_columns
 from adaptcot.pool.presets import CHOICE_LETTERS, last_boxed
 
 VERDICTS = ("passed", "wrong_answer", "no_answer", "timeout", "error")
+ANSWER_RULES = ("boxed", "marker", "bare_line", "last_expression")  # which rule found the answer (module docstring)
+Extraction = Literal["math_verify", "strict"]
+EXTRACTIONS: tuple[str, ...] = get_args(Extraction)
+FINISHED = ("stop",)  # the finish reason of a response that ended by itself (OpenAI-compatible servers, vLLM)
 INPUT_COLUMNS = ("response", "reference_answer")
 OUTPUT_FIELDS = (pa.field("verdict", pa.string()), pa.field("correct", pa.bool_()),
-                 pa.field("verify_detail", pa.string()))
+                 pa.field("verify_detail", pa.string()), pa.field("answer_rule", pa.string()))
 _BARE_ANSWER_MAX_CHARS = 40  # a response this short, on one line, and not prose, is taken to be the answer itself
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+(?:\{[^{}]*\})?")  # \text{ cm}, \frac, ...: not prose
 _PROSE = re.compile(r"[A-Za-z]{2,}\s+[A-Za-z]{2,}")  # two words in a row: a sentence, not a formula
@@ -56,6 +76,9 @@ _MARKER_STRINGS = (*CHOICE_LETTERS, *(f"({c})" for c in CHOICE_LETTERS), *(f"{c}
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
 _BOXED_CHOICE = re.compile(r"\(?([A-J])(?:\)|[.:\s]|$)", re.IGNORECASE)  # "C", "(C)", "C) 42 eV", "c."
 _BARE_CHOICE = re.compile(r"\(?([A-J])\)?\.?")
+# A sentence's full stop just inside a closing delimiter ("= \frac{9}{2}.$$"): Math-Verify misreads such a formula
+# (as 3 here), so the last-expression fallback drops it first.
+_STOP_IN_FORMULA = re.compile(r"\.(?=\s*(?:\$|\\\]|\\\)))")
 
 
 @dataclass(frozen=True)
@@ -66,17 +89,31 @@ class Verdict:
     correct: bool | None
     detail: str = ""
     extracted: str | None = None  # the answer as read from the response, when one was found
+    rule: str | None = None  # which of ANSWER_RULES found it
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
             raise ValueError(f"unknown verdict {self.verdict!r}; expected one of {VERDICTS}")
+        if self.rule is not None and self.rule not in ANSWER_RULES:
+            raise ValueError(f"unknown answer rule {self.rule!r}; expected one of {ANSWER_RULES}")
+
+
+def is_finished(finish_reason: str | None) -> bool:
+    """Did the response end by itself? Cut off (`length`), failed or unknown (None) is not finished."""
+    return finish_reason in FINISHED
 
 
 # --- One pair, in this process -------------------------------------------------------------------------------------
-def verify_math(response: str | None, reference: str | None) -> Verdict:
-    """Grade one response against one reference answer (no time limit: use `MathVerifier` for untrusted input)."""
+def verify_math(response: str | None, reference: str | None, extraction: Extraction = "math_verify",
+                finished: bool = False) -> Verdict:
+    """Grade one response against one reference answer (no time limit: use `MathVerifier` for untrusted input).
+
+    finished: the response ended by itself (`is_finished(finish_reason)`); only then may `extraction="math_verify"`
+    fall back to the last expression (module docstring)."""
     from math_verify import verify
 
+    if extraction not in EXTRACTIONS:
+        raise ValueError(f"unknown extraction {extraction!r}; expected one of {EXTRACTIONS}")
     if is_choice(reference):
         return _verify_choice(response, reference.strip())
     gold = _parse_bare(reference) if reference else []
@@ -85,15 +122,25 @@ def verify_math(response: str | None, reference: str | None) -> Verdict:
     answer, why_none = _answer_text(response)
     if answer is None:
         return Verdict("no_answer", False, why_none)
-    pred = _parse_answer(answer)
+    fallback = extraction == "math_verify" and finished
+    pred, rule = _parse_answer(answer, fallback)
     if not pred:
-        return Verdict("no_answer", False, "no boxed answer or answer marker in the response")
+        return Verdict("no_answer", False, _why_no_answer(extraction, fallback))
     extracted = _as_text(pred)
     # Sets and intervals may be answered as relations ("x \le 2" for (-\infty, 2]); Math-Verify only allows this
     # one way round by default.
     if verify(gold, pred, allow_set_relation_comp=True, timeout_seconds=None):
-        return Verdict("passed", True, "", extracted)
-    return Verdict("wrong_answer", False, f"expected {_as_text(gold)!r}, got {extracted!r}", extracted)
+        return Verdict("passed", True, "", extracted, rule)
+    return Verdict("wrong_answer", False, f"expected {_as_text(gold)!r}, got {extracted!r}", extracted, rule)
+
+
+def _why_no_answer(extraction: Extraction, fallback: bool) -> str:
+    if fallback:
+        return "no boxed answer, answer marker or expression in the response"
+    if extraction == "math_verify":  # what a user reading a no_answer on a prose answer needs to know
+        return ("no boxed answer or answer marker in the response (the last expression is read only from a "
+                "response that finished: finish_reason 'stop')")
+    return "no boxed answer or answer marker in the response"
 
 
 def is_choice(reference: str | None) -> bool:
@@ -103,28 +150,37 @@ def is_choice(reference: str | None) -> bool:
 
 def _verify_choice(response: str | None, reference: str) -> Verdict:
     answer, why_none = _answer_text(response)
-    letter, why_none = read_choice(answer) if answer is not None else (None, why_none)
+    letter, why_none, rule = _choose(answer) if answer is not None else (None, why_none, None)
     if letter is None:
         return Verdict("no_answer", False, why_none)
     if letter == reference:
-        return Verdict("passed", True, "", letter)
-    return Verdict("wrong_answer", False, f"expected {reference!r}, got {letter!r}", letter)
+        return Verdict("passed", True, "", letter, rule)
+    return Verdict("wrong_answer", False, f"expected {reference!r}, got {letter!r}", letter, rule)
 
 
 def read_choice(answer: str) -> tuple[str | None, str]:
     """The option letter an answer (the text after the reasoning) chooses, or (None, why there is none)."""
+    letter, why_none, _ = _choose(answer)
+    return letter, why_none
+
+
+def _choose(answer: str) -> tuple[str | None, str, str | None]:
+    """(letter, why there is none, the rule that found it)."""
     from math_verify import StringExtractionConfig, parse
 
     boxed = last_boxed(answer)
     if boxed is not None:
         match = _BOXED_CHOICE.match(_TEXT_WRAPPER.sub(r"\1", boxed).strip())
-        return (match.group(1).upper(), "") if match else (None, f"the boxed answer {boxed!r} is not an option letter")
+        if match:
+            return match.group(1).upper(), "", "boxed"
+        return None, f"the boxed answer {boxed!r} is not an option letter", None
     config = StringExtractionConfig(strings=_MARKER_STRINGS, try_extract_without_anchor=False, lowercase=False)
     found = parse(answer, [config], extraction_mode="first_match", parsing_timeout=None)
     if found:
-        return found[0].strip("()"), ""
+        return found[0].strip("()"), "", "marker"
     bare = _BARE_CHOICE.fullmatch(answer.strip())  # the whole answer is the letter: "C", "(C)", "C."
-    return (bare.group(1), "") if bare else (None, "no boxed letter or answer marker in the response")
+    return (bare.group(1), "", "bare_line") if bare else (None, "no boxed letter or answer marker in the response",
+                                                           None)
 
 
 def _answer_text(response: str | None) -> tuple[str | None, str]:
@@ -142,8 +198,9 @@ def _answer_text(response: str | None) -> tuple[str | None, str]:
     return response, ""
 
 
-def _parse_answer(answer: str) -> list:
-    """Math-Verify's parse of a response: boxed first, then answer markers, then a bare one-line answer."""
+def _parse_answer(answer: str, fallback: bool) -> tuple[list, str | None]:
+    """(Math-Verify's parse of a response, the rule that found it): boxed first, then answer markers, then a bare
+    one-line answer, then, with `fallback`, the last expression; ([], None) when none does."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
     # GSM8K's "#### 72" is an answer marker Math-Verify does not know; restate it as one it does.
@@ -153,9 +210,18 @@ def _parse_answer(answer: str) -> list:
     # first_match: the last boxed / marked answer is the answer, even when it does not parse; an earlier one that
     # does parse must not stand in for it.
     pred = parse(answer, marked, extraction_mode="first_match", parsing_timeout=None)
-    if not pred and _is_bare_answer(answer):
+    if pred:  # a box is matched before any marker (priority 0), so a response with one was read from it
+        return pred, "boxed" if "\\boxed{" in answer else "marker"
+    if _is_bare_answer(answer):
         pred = _parse_bare(answer)
-    return pred
+        if pred:
+            return pred, "bare_line"
+    if fallback:  # Math-Verify's defaults: the last LaTeX formula or expression that parses
+        pred = parse(_STOP_IN_FORMULA.sub("", answer), [LatexExtractionConfig(), ExprExtractionConfig()],
+                     parsing_timeout=None)
+        if pred:
+            return pred, "last_expression"
+    return [], None
 
 
 def _is_bare_answer(text: str) -> bool:
@@ -187,19 +253,30 @@ def _as_text(parsed: list) -> str:
 
 # --- Many pairs, in worker processes with a time limit -------------------------------------------------------------
 class MathVerifier:
-    """A pool of `workers` processes grading pairs; each pair gets `timeout_s` seconds or its worker is killed."""
+    """A pool of `workers` processes grading pairs; each pair gets `timeout_s` seconds or its worker is killed.
 
-    def __init__(self, workers: int = 1, timeout_s: float = 5.0):
+    extraction: which answers are read (module docstring), for every pair this verifier grades."""
+
+    def __init__(self, workers: int = 1, timeout_s: float = 5.0, extraction: Extraction = "math_verify"):
         import pebble
 
         if workers < 1 or timeout_s <= 0:
             raise ValueError(f"MathVerifier needs workers >= 1 and timeout_s > 0, got {workers}, {timeout_s}")
-        self.timeout_s = timeout_s
+        if extraction not in EXTRACTIONS:
+            raise ValueError(f"unknown extraction {extraction!r}; expected one of {EXTRACTIONS}")
+        self.timeout_s, self.extraction = timeout_s, extraction
         self._pool = pebble.ProcessPool(max_workers=workers, initializer=_init_worker, context=_mp_context())
 
-    def verify_many(self, pairs: list[tuple[str | None, str | None]]) -> list[Verdict]:
-        """One verdict per (response, reference) pair, in order: a bad or hanging pair gets a verdict, never raises."""
-        futures = [self._pool.schedule(verify_math, args=pair, timeout=self.timeout_s) for pair in pairs]
+    def verify_many(self, pairs: list[tuple[str | None, str | None]],
+                    finished: Sequence[bool] | None = None) -> list[Verdict]:
+        """One verdict per (response, reference) pair, in order: a bad or hanging pair gets a verdict, never raises.
+
+        finished: per pair, did the response end by itself (`is_finished`); None: none did (unknown)."""
+        finished = [False] * len(pairs) if finished is None else list(finished)
+        if len(finished) != len(pairs):
+            raise ValueError(f"verify_many: {len(pairs)} pairs but {len(finished)} finished flags")
+        futures = [self._pool.schedule(verify_math, args=(*pair, self.extraction, done), timeout=self.timeout_s)
+                   for pair, done in zip(pairs, finished)]
         return [self._collect(f) for f in futures]
 
     def _collect(self, future: concurrent.futures.Future) -> Verdict:
@@ -243,17 +320,22 @@ def _init_worker() -> None:
     # Math-Verify warns that its own timeout is off; here the pool is the timeout.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     verify_math("\\boxed{1}", "1")  # compile Math-Verify's regexes before the first timed pair
+    verify_math("So it is 1.", "1", "math_verify", finished=True)  # and those of its default extraction
 
 
 # --- Arrow tables and Ray Data ------------------------------------------------------------------------------------
 def verify_table(table: pa.Table, verifier: MathVerifier) -> pa.Table:
-    """`table` with `verdict`, `correct`, `verify_detail` set from `response` vs `reference_answer`, row for row."""
+    """`table` with `verdict`, `correct`, `verify_detail`, `answer_rule` set from `response` vs `reference_answer`,
+    row for row. A row is finished if its `finish_reason` says so; without that column, none is (module docstring)."""
     require_columns(table, INPUT_COLUMNS, "verify_math")
     pairs = list(zip(table.column("response").to_pylist(), table.column("reference_answer").to_pylist()))
-    verdicts = verifier.verify_many(pairs)
+    reasons = (table.column("finish_reason").to_pylist() if "finish_reason" in table.column_names
+               else [None] * table.num_rows)
+    verdicts = verifier.verify_many(pairs, [is_finished(r) for r in reasons])
     if len(verdicts) != table.num_rows:  # every row comes out exactly once
         raise RuntimeError(f"verify_math: {table.num_rows} rows in, {len(verdicts)} verdicts out")
-    values = ([v.verdict for v in verdicts], [v.correct for v in verdicts], [v.detail for v in verdicts])
+    values = ([v.verdict for v in verdicts], [v.correct for v in verdicts], [v.detail for v in verdicts],
+              [v.rule for v in verdicts])
     for field, column in zip(OUTPUT_FIELDS, values):
         # The attempts table already has (empty) verdict / correct columns: replace them, never add a duplicate.
         index = table.schema.get_field_index(field.name)
@@ -265,8 +347,8 @@ def verify_table(table: pa.Table, verifier: MathVerifier) -> pa.Table:
 class MathVerifyActor:
     """Ray Data stage: one `MathVerifier` per actor, `verify_table` per batch (`batch_format="pyarrow"`)."""
 
-    def __init__(self, workers: int = 1, timeout_s: float = 5.0):
-        self._verifier = MathVerifier(workers=workers, timeout_s=timeout_s)
+    def __init__(self, workers: int = 1, timeout_s: float = 5.0, extraction: Extraction = "math_verify"):
+        self._verifier = MathVerifier(workers=workers, timeout_s=timeout_s, extraction=extraction)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return verify_table(batch, self._verifier)
