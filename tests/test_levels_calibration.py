@@ -133,7 +133,7 @@ def test_two_students_of_one_scorer_are_cut_at_the_same_points_and_their_histogr
     assert a["wrong_near"] > b["wrong_near"] and a["wrong_hardest"] < b["wrong_hardest"]
     result = bank.compare(root, "a", "b")
     assert result["same_cut_points"]
-    assert "WARNING" not in bank.format_compare(result)
+    assert "warning" not in bank.format_compare(result)
 
 
 def test_bank_compare_warns_when_two_students_were_cut_at_different_points(tmp_path):
@@ -144,7 +144,7 @@ def test_bank_compare_warns_when_two_students_were_cut_at_different_points(tmp_p
         bank.save_grader(root, gid, {"grader": grader.model_dump(mode="json")})
         finalize_bank(root, student, gid, 1, grader)
     text = bank.format_compare(bank.compare(root, "a", "b"))
-    assert "WARNING: the two were cut at different points" in text
+    assert "warning: the two were cut at different points" in text
 
 
 def test_the_panel_answers_the_same_fixed_share_of_any_pool():

@@ -75,7 +75,8 @@ def test_a_pool_and_a_bank_live_in_a_bucket(bucket, tmp_path):
                     schemas.BANK)
     assert bank.summary(f"{bucket}/bank") == [{"student": "org/s", "grader_id": "g", "questions": 5,
                                               "levels": {lv.value: 5 if lv.value == "easy" else 0
-                                                         for lv in schemas.LEVELS_EASIEST_FIRST}}]
+                                                         for lv in schemas.LEVELS_EASIEST_FIRST},
+                                              "cut_points": None}]  # no grader description stored in this bucket
 
 
 def test_the_teacher_journal_on_an_object_store_is_written_in_chunks(bucket):

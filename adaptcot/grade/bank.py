@@ -204,6 +204,6 @@ def format_compare(result: dict) -> str:
         lines.append(la.ljust(15) + "".join(str(result["counts"][la][lb]).rjust(15) for lb in names))
     if not result.get("same_cut_points", True):
         cuts = result["cut_points"]
-        lines.append(f"WARNING: the two were cut at different points ({cuts['a']} vs {cuts['b']}): their wrong levels "
+        lines.append(f"warning: the two were cut at different points ({cuts['a']} vs {cuts['b']}): their wrong levels "
                      "do not mean the same; grade both with one calibrated scorer (thresholds: calibrated)")
     return "\n".join(lines)

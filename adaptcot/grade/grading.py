@@ -120,7 +120,7 @@ class GradeReport:
             out.append(f"  cut points {', '.join(f'{c:.3f}' for c in self.cut_points)} ({self.cut_points_from})"
                        + (f"; {self.answers_cut_for_prm} answers scored on their first steps only (too long for the "
                           "PRM)" if self.answers_cut_for_prm else ""))
-        out += [f"  WARNING: {w}" for w in self.warnings]
+        out += [f"  warning: {w}" for w in self.warnings]
         for member in self.panel:
             out.append(f"  cut-point panel {member['student']}: {member['generated']} answers generated, "
                        f"{member['wrong_answers_scored']} wrong ones scored; levels on its questions: "
