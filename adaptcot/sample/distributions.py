@@ -77,24 +77,19 @@ WRONG_LEVEL_NAMES = LEVEL_NAMES[1:]
 def curriculum_distribution(weights: dict[str, float]) -> Distribution:
     """P_C from hand-set weights, each > 0, strictly decreasing with difficulty: over the five wrong levels (the
     seeds' form: wrong_near .. wrong_hardest named, `easy` not sampled), or over all six levels (adaptcot's)."""
-    if set(weights) == set(WRONG_LEVEL_NAMES):  # the seeds' five levels: easy questions get no weight
-        five = curriculum_distribution({"easy": 2 * max(map(float, weights.values())) + 1, **weights})
-        total = sum(float(weights[lv]) for lv in WRONG_LEVEL_NAMES)
-        return Distribution("curriculum", {"easy": 0.0, **{lv: float(weights[lv]) / total
-                                                           for lv in WRONG_LEVEL_NAMES}},
-                            {"weights": {lv: five.provenance["weights"][lv] for lv in WRONG_LEVEL_NAMES},
-                             "form": "five wrong levels (the seeds')"})
-    raw = _named_levels(weights, "curriculum weights")
+    seeds_form = set(weights) == set(WRONG_LEVEL_NAMES)  # the seeds' five levels: easy questions get no weight
+    names = WRONG_LEVEL_NAMES if seeds_form else LEVEL_NAMES
+    raw = {lv: float(weights[lv]) for lv in names} if seeds_form else _named_levels(weights, "curriculum weights")
     bad = [lv for lv, w in raw.items() if not math.isfinite(w) or w <= 0]
     if bad:
         raise DistributionError(f"curriculum weights must be > 0; not so for {', '.join(bad)}")
-    rising = [f"{b} ({raw[b]:g}) is not below {a} ({raw[a]:g})"
-              for a, b in zip(LEVEL_NAMES, LEVEL_NAMES[1:]) if raw[b] >= raw[a]]
+    rising = [f"{b} ({raw[b]:g}) is not below {a} ({raw[a]:g})" for a, b in zip(names, names[1:]) if raw[b] >= raw[a]]
     if rising:
-        raise DistributionError("curriculum weights must decrease strictly from easy to wrong_hardest (more easy "
-                                "questions than hard ones): " + "; ".join(rising))
+        raise DistributionError(f"curriculum weights must decrease strictly from {names[0]} to wrong_hardest (more "
+                                "easy questions than hard ones): " + "; ".join(rising))
     total = sum(raw.values())
-    return Distribution("curriculum", {lv: w / total for lv, w in raw.items()}, {"weights": raw})
+    provenance = {"weights": raw, **({"form": "five wrong levels (the seeds')"} if seeds_form else {})}
+    return Distribution("curriculum", {"easy": 0.0, **{lv: w / total for lv, w in raw.items()}}, provenance)
 
 
 def eval_pool_ids(eval_pool: str | Path) -> pa.Array:
