@@ -1,6 +1,7 @@
 """Shared test setup: CPU vLLM settings, no hub access, one Ray cluster per session."""
 
 import os
+from pathlib import Path
 
 # Set before anything imports vllm or transformers.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -87,6 +88,19 @@ def tiny_models_dir(tmp_path_factory):
     from adaptcot.demo.tiny_models import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def world_models(tmp_path_factory):
+    """The demo's own models (configs/local.yaml's budgets: student, peer, teacher, PRM trained on the arithmetic
+    world), trained once per session; each run copies them under its run_dir."""
+    from adaptcot.demo.world_models import build_world_models
+    from adaptcot.job.config import load_config
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "local.yaml").tiny_models
+    out = tmp_path_factory.mktemp("world") / "models"
+    build_world_models(out, cfg.seed, cfg.world)
+    return out
 
 
 @pytest.fixture(scope="session")

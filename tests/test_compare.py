@@ -87,3 +87,32 @@ def test_bad_sides_are_refused_with_a_reason(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli(["compare", f"a={tmp_path / 'empty'}", f"b={tmp_path / 'empty'}", "--out", str(tmp_path / "o")]) == 2
     assert "holds no teach/cots.parquet" in capsys.readouterr().err
+
+
+def test_the_joint_filter_keeps_only_questions_every_teacher_solved():
+    from adaptcot.teach.joint_filter import joint_filter
+
+    cut, joint = joint_filter({"long": LONG, "short": SHORT})
+    assert joint == {"q1", "q2"}  # short kept no CoT of q3
+    long_reasons = list(zip(cut["long"]["question_id"].to_pylist(), cut["long"]["drop_reason"].to_pylist()))
+    assert long_reasons == [("q1", None), ("q1", None), ("q2", None), ("q3", "not_joint")]
+    # Rows keep their own reasons; nothing is deleted; the two students now train on the same problems.
+    assert cut["short"]["drop_reason"].to_pylist() == SHORT["drop_reason"].to_pylist()
+    assert {q for q, d in long_reasons if d is None} == \
+        {q for q, d in zip(cut["short"]["question_id"].to_pylist(), cut["short"]["drop_reason"].to_pylist())
+         if d is None}
+    with pytest.raises(ValueError, match="two or more"):
+        joint_filter({"long": LONG})
+
+
+def test_compare_joint_cuts_both_sets_and_writes_them(tmp_path, capsys):
+    make_side(tmp_path, "r1", LONG, 0.8, 0.71, 15500.0)
+    make_side(tmp_path, "gptoss", SHORT, 1.6, 0.73, 3500.0)
+    rc = cli(["compare", f"r1={tmp_path / 'r1'}", f"gptoss={tmp_path / 'gptoss'}", "--out", str(tmp_path / "cmp"),
+              "--joint"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "joint filter: 2 questions with a kept CoT on every side" in out
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert saved["sides"]["r1"]["cots"]["kept"] == 3  # q3's CoT is dropped as not_joint
+    written = pq.read_table(tmp_path / "cmp" / "joint" / "r1" / "cots.parquet")
+    assert written["drop_reason"].to_pylist().count("not_joint") == 1

@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from adaptcot.common.schemas import SFT_RECORDS
 from adaptcot.demo.synthetic import code_rows, math_rows, write_jsonl
 from adaptcot.evaluate.evaluation import EvalConfig, answer_key, metrics_of, sample_rows
 
@@ -159,3 +160,33 @@ def test_a_benchmark_that_cannot_be_read_fails_before_any_model_starts(tmp_path,
               "--out", str(tmp_path / "eval")])
     assert rc == 2 and "source not found" in capsys.readouterr().err
     assert not (tmp_path / "eval" / "no-model").exists()
+
+
+def test_cascaded_eval_takes_the_rationale_prompt_from_the_sft_records(tmp_path):
+    from adaptcot.evaluate.evaluation import second_turn_prompts, with_sft_prompts
+    from adaptcot.sft.records import SFTConfig, write_records
+
+    sft = SFTConfig(formats=["cascod"], math_prompt="Solve: {question}", rationale_prompt="{prompt}\nR: {rationale}\nA:")
+    write_records(pa.Table.from_pylist([], schema=SFT_RECORDS), tmp_path / "sft", config=sft)
+    model = {"model": "m", "math_prompt": "Solve: {question}"}
+    cfg = with_sft_prompts(EvalConfig(model=model, benchmarks=["gsm8k"], cascaded=True,
+                                      sft_records=str(tmp_path / "sft")))
+    assert cfg.rationale_prompt == "{prompt}\nR: {rationale}\nA:"
+    row = {"question_id": "q", "domain": "math", "question": "1 + 1?", "rationale": "one and one make two"}
+    assert second_turn_prompts([row], cfg) == ["Solve: 1 + 1?\nR: one and one make two\nA:"]
+    plain = EvalConfig(model=model, benchmarks=["gsm8k"], cascaded=False, sft_records=str(tmp_path / "sft"))
+    assert with_sft_prompts(plain) is plain  # read only for cascaded evaluations
+
+
+def test_cascaded_eval_refuses_prompts_that_differ_from_the_sft_records(tmp_path):
+    from adaptcot.evaluate.evaluation import with_sft_prompts
+    from adaptcot.sft.records import SFTConfig, write_records
+
+    write_records(pa.Table.from_pylist([], schema=SFT_RECORDS), tmp_path / "sft",
+                  config=SFTConfig(formats=["cascod"], math_prompt="Solve: {question}"))
+    cfg = EvalConfig(model={"model": "m"}, benchmarks=["gsm8k"], cascaded=True, sft_records=str(tmp_path / "sft"))
+    with pytest.raises(ValueError, match=r"math_prompt here is '.*\{question\}.*' but .* built with 'Solve: "):
+        with_sft_prompts(cfg)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"math_prompt": "Solve: {question}"})})
+    with pytest.raises(ValueError, match="rationale_prompt here is 'R: {rationale}'"):
+        with_sft_prompts(EvalConfig(**{**cfg.model_dump(), "rationale_prompt": "R: {rationale}"}))

@@ -188,6 +188,52 @@ def test_reimport_adds_nothing_twice_and_new_rows_are_added(tmp_path):
     assert [i["imported"] for i in manifest["imports"]] == [1, 1]
 
 
+# --- near duplicates ------------------------------------------------------------------------------------------------
+WENG_ROW = {"question": "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. "
+                        "How much did she earn?", "answer": "Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\n#### 10"}
+NEAR_ROW = {**GSM8K_ROW, "question": GSM8K_ROW["question"].replace("friends", "classmates")}  # one word changed
+
+
+def test_a_near_duplicate_is_rejected_naming_the_question_kept(tmp_path):
+    report, pool, rejects = run_import(tmp_path, [GSM8K_ROW, WENG_ROW, NEAR_ROW], "math", "gsm8k")
+    first, near = question_id(GSM8K_ROW["question"], "math"), question_id(NEAR_ROW["question"], "math")
+    assert near < first  # so the row kept is the later one: the smaller question id wins, not the first seen
+    kept, dropped = near, first
+    assert (report.imported, report.near_duplicates, report.duplicates) == (2, 1, 0)
+    assert {r["question_id"] for r in pool} == {kept, question_id(WENG_ROW["question"], "math")}
+    [reject] = rejects
+    assert reject["reason"] == "near_duplicate" and reject["source_row"] == 0
+    assert reject["detail"].startswith(f"near duplicate of {kept} (kept): estimated Jaccard 0.")
+    assert json.loads(reject["raw"])["question_id"] == dropped  # nothing lost: the row is in the rejects table
+    assert "near duplicates 1" in report.lines()[0] and "near_duplicate" in schemas.REJECT_REASONS
+
+
+def test_a_rerun_adds_and_rejects_nothing_new_and_the_pool_keeps_its_question(tmp_path):
+    run_import(tmp_path, [GSM8K_ROW, WENG_ROW, NEAR_ROW], "math", "gsm8k")
+    report, pool, rejects = run_import(tmp_path, [GSM8K_ROW, WENG_ROW, NEAR_ROW], "math", "gsm8k")
+    assert (report.imported, report.already_in_pool, report.near_duplicates) == (0, 2, 1)
+    assert len(pool) == 2 and len(rejects) == 1
+    # a near duplicate of a question the pool already holds is rejected, whichever id is smaller
+    in_pool = question_id(WENG_ROW["question"], "math")
+    close = {**WENG_ROW, "question": WENG_ROW["question"].replace("earn?", "make?")}
+    assert question_id(close["question"], "math") < in_pool
+    report, pool, rejects = run_import(tmp_path, [close], "math", "gsm8k", name="more.jsonl")
+    assert (report.imported, report.near_duplicates, len(pool)) == (0, 1, 2)
+    (new,) = [r for r in rejects if r["source"].endswith("more.jsonl")]  # reject files are in no set order
+    assert new["reason"] == "near_duplicate" and new["detail"].startswith(f"near duplicate of {in_pool} (kept)")
+
+
+def test_distinct_questions_are_kept_and_near_duplicates_can_be_switched_off(tmp_path):
+    # short questions that differ in a number are one shingle each: different questions
+    short = [{"question": "What is 3+4?", "answer": "#### 7"}, {"question": "What is 3+5?", "answer": "#### 8"}]
+    report, _, rejects = run_import(tmp_path, [GSM8K_ROW, WENG_ROW, *short], "math", "gsm8k")
+    assert (report.imported, report.near_duplicates, rejects) == (4, 0, [])
+    (tmp_path / "off").mkdir()
+    report, _, rejects = run_import(tmp_path / "off", [GSM8K_ROW, NEAR_ROW], "math", "gsm8k",
+                                    near_duplicates={"enabled": False})
+    assert (report.imported, report.near_duplicates, rejects) == (2, 0, [])
+
+
 def test_parquet_and_csv_sources(tmp_path):
     pq.write_table(pa.Table.from_pylist([MATH_ROW]), tmp_path / "m.parquet")
     with open(tmp_path / "m.csv", "w", newline="") as f:

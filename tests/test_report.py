@@ -133,3 +133,18 @@ def test_report_warns_when_wrong_levels_collapse_and_when_p_eval_overlaps_a_benc
     text = Path(write_report(run)).read_text()
     assert "wrong_hardest holds 89%" in text and "wrong_near 0%" in text
     assert "P_eval was measured on 7 of 30 questions that a reported benchmark also holds" in text
+
+
+def test_the_report_lists_what_decontamination_excluded_with_examples(tmp_path):
+    from adaptcot.evaluate.report_levels import sampling_notes
+
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "sample_report.json").write_text(json.dumps({
+        "excluded": {"benchmark": 1, "benchmark_ngram": 2},
+        "decontamination": {"benchmark_questions": 500, "ngram": 8},
+        "examples": {"benchmark_ngram": [{"question_id": "q1", "question": "Natalia sold clips to 48 of her friends",
+                                          "benchmark_question": "Natalia sold clips to 48 of her friends in April"}]}}))
+    notes = sampling_notes(str(tmp_path))
+    assert "data-table='sample_exclusions'" in notes and "shared word 8-grams" in notes
+    assert "benchmark_ngram" in notes and "Natalia sold clips to 48 of her friends in April" in notes
+    assert sampling_notes(str(tmp_path / "elsewhere")) == ""

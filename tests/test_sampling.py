@@ -15,12 +15,21 @@ from adaptcot.grade import bank
 from adaptcot.sample.distributions import (LEVEL_NAMES, DistributionConfig, DistributionError, curriculum_distribution,
                                            eval_distribution, load_distribution, save_distribution)
 from adaptcot.sample.draw import SampleConfig, allocate, draw, sample
-from adaptcot.sample.exclusions import exclusion_ids, order_key
+from adaptcot.sample.exclusions import exclusion_ids, ngram_overlap, order_key
 
 STUDENT, GID = "Qwen/Qwen2.5-7B-Instruct", "g0"
 CURRICULUM = dict(zip(LEVEL_NAMES, [6, 5, 4, 3, 2, 1]))
 CODE_TESTS = {"kind": "call", "cases": [{"input": "[1, 2]", "output": "3"}], "fn_name": "add", "test_code": None,
               "entry_point": None}
+# A GSM8K test question, and pool questions around it.
+BENCHMARK = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+             "How many clips did Natalia sell altogether in April and May?")
+PREFIXED = "Read the problem and answer with a number. " + BENCHMARK
+REWORDED = ("Natalia's stall sold 48 clips in April and half that number the month after. "  # another first sentence
+            "How many clips did Natalia sell altogether in April and May?")
+SEVEN_WORDS = ("Weng baked 30 cookies, then she sold half as many clips as cookies at the fair. "  # 7 words shared
+               "How much did Weng earn?")
+SHORT_INSIDE = "How many clips did Natalia sell?"  # 6 words, every one of them in the benchmark question
 
 
 # --- helpers: a pool and a bank partition on disk -----------------------------------------------------------------
@@ -57,10 +66,11 @@ def math_pool_and_bank(tmp_path, per_level: dict[str, int], prefix="q") -> dict[
     return by_level
 
 
-def run_sample(tmp_path, out="out", in_process_max_rows=bank.IN_PROCESS_MAX_ROWS, **cfg):
+def run_sample(tmp_path, out="out", in_process_max_rows=bank.IN_PROCESS_MAX_ROWS, benchmark_questions=(), **cfg):
     cfg.setdefault("distribution", {"kind": "curriculum", "weights": CURRICULUM})
     config = SampleConfig(**cfg)
-    report = sample(tmp_path / "bank", tmp_path / "pool", STUDENT, GID, config, tmp_path / out, in_process_max_rows)
+    report = sample(tmp_path / "bank", tmp_path / "pool", STUDENT, GID, config, tmp_path / out, in_process_max_rows,
+                    benchmark_questions=benchmark_questions)
     return report, pq.read_table(tmp_path / out / "samples.parquet")
 
 
@@ -239,12 +249,16 @@ def test_same_seed_same_sample_and_another_seed_another(tmp_path):
 def test_a_bank_too_big_for_one_process_is_drawn_on_ray_to_the_same_sample(tmp_path, ray_session):
     math_pool_and_bank(tmp_path, {"easy": 40, "wrong_near": 30, "wrong_mid": 20, "wrong_hardest": 3})
     write_bank(tmp_path / "bank", {"not-in-the-pool": "easy"})  # graded from another pool: not drawn
+    write_bank(tmp_path / "bank", dict.fromkeys(write_pool(tmp_path / "pool", [("math", PREFIXED)], "x.parquet"),
+                                                "easy"))
     (tmp_path / "bench.txt").write_text("q easy question 3\n")
-    options = {"n": 40, "seed": 5, "exclude": [str(tmp_path / "bench.txt")]}
+    options = {"n": 40, "seed": 5, "exclude": [str(tmp_path / "bench.txt")], "benchmark_questions": [BENCHMARK]}
     here, local = run_sample(tmp_path, "here", **options)
     on_ray, distributed = run_sample(tmp_path, "ray", in_process_max_rows=0, **options)
     assert distributed.equals(local) and on_ray.quotas == here.quotas and on_ray.available == here.available
-    assert on_ray.excluded == here.excluded == {"not_in_pool": 1, "benchmark": 1, "previous_sample": 0}
+    assert on_ray.excluded == here.excluded == {"not_in_pool": 1, "benchmark": 1, "benchmark_ngram": 1,
+                                                   "previous_sample": 0}
+    assert on_ray.examples == here.examples and len(here.examples["benchmark_ngram"]) == 1
     assert "q easy question 3" not in distributed["question"].to_pylist() and distributed.num_rows == 40
 
 
@@ -271,6 +285,59 @@ def test_benchmark_questions_are_excluded_by_normalised_text_in_any_domain(tmp_p
     assert report.notes[-1] == "bank exhausted: drawing 2 questions, 2 fewer than the 4 requested"
 
 
+def test_ngram_overlap_finds_a_benchmark_problem_inside_a_question_but_not_seven_shared_words():
+    questions = pa.table({"question_id": ["prefixed", "reworded", "seven", "short", "same"],
+                          "question": [PREFIXED, REWORDED, SEVEN_WORDS, SHORT_INSIDE, BENCHMARK.upper()]})
+    hits = ngram_overlap(questions, [BENCHMARK], n=8).to_pylist()
+    assert [h["question_id"] for h in hits] == ["prefixed", "reworded", "same"]
+    assert hits[0]["shared"] == "natalia sold clips to 48 of her friends"  # the first 8 words both hold
+    assert hits[1]["shared"] == "how many clips did natalia sell altogether in"
+    assert hits[0]["benchmark_question"].startswith("Natalia sold clips to 48 of her friends in April")
+    assert "seven" in ngram_overlap(questions, [BENCHMARK], n=7)["question_id"].to_pylist()
+    assert ngram_overlap(questions, [BENCHMARK], n=13)["question_id"].to_pylist() == ["prefixed", "same"]
+    # a question shorter than n words has no n-gram: only identity can match it, in either direction
+    assert ngram_overlap(questions, [SHORT_INSIDE], n=6)["question_id"].to_pylist() == ["short"]
+    assert ngram_overlap(questions, [SHORT_INSIDE], n=8).num_rows == 0
+
+
+def decontamination_pool(tmp_path) -> list[str]:
+    texts = [PREFIXED, REWORDED, SEVEN_WORDS, SHORT_INSIDE, "What is 2 + 2?"]
+    ids = write_pool(tmp_path / "pool", [("math", t) for t in texts + [f"Filler question {i}." for i in range(5)]])
+    write_bank(tmp_path / "bank", dict.fromkeys(ids, "easy"))
+    (tmp_path / "bench.jsonl").write_text(json.dumps({"question": BENCHMARK}) + "\n")
+    return ids
+
+
+def test_benchmark_problems_inside_pool_questions_are_excluded_and_the_report_shows_them(tmp_path):
+    ids = decontamination_pool(tmp_path)
+    # the job's own eval benchmarks come as texts, the `exclude` lists as files: both get both rules
+    report, table = run_sample(tmp_path, n=10, exclude=[str(tmp_path / "bench.jsonl")],
+                               benchmark_questions=["what is 2+2 ?", "WHAT IS 2 + 2?"])
+    assert report.excluded == {"not_in_pool": 0, "benchmark": 1, "benchmark_ngram": 2, "previous_sample": 0}
+    drawn = table["question"].to_pylist()
+    assert SEVEN_WORDS in drawn and SHORT_INSIDE in drawn and not {PREFIXED, REWORDED} & set(drawn)
+    assert report.decontamination == {"benchmark_questions": 3, "ngram": 8}
+    assert [e["question_id"] for e in report.examples["benchmark_ngram"]] == sorted(ids[:2])
+    assert report.examples["benchmark"] == [{"question_id": ids[4], "question": "What is 2 + 2?",
+                                             "benchmark_question": "WHAT IS 2 + 2?"}]
+    example = next(e for e in report.examples["benchmark_ngram"] if e["question_id"] == ids[1])
+    assert example["question"] == REWORDED[:97] + "..." and example["benchmark_question"].startswith("Natalia sold")
+    saved = json.loads((tmp_path / "out" / "sample_report.json").read_text())
+    assert saved["examples"] == report.examples and saved["excluded"]["benchmark_ngram"] == 2
+    printed = "\n".join(report.lines())
+    assert "identity and shared word 8-grams" in printed
+    assert f"benchmark_ngram: {ids[1][:12]}" in printed and "shares 'how many clips did natalia" in printed
+
+
+def test_decontamination_ngram_null_matches_by_identity_only(tmp_path):
+    ids = decontamination_pool(tmp_path)
+    report, table = run_sample(tmp_path, n=10, exclude=[str(tmp_path / "bench.jsonl")],
+                               benchmark_questions=["What is 2 + 2?", BENCHMARK], decontamination={"ngram": None})
+    assert report.excluded == {"not_in_pool": 0, "benchmark": 1, "previous_sample": 0}
+    assert {PREFIXED, REWORDED} <= set(table["question"].to_pylist()) and ids[4] not in table["question_id"]
+    assert "identity only (n-gram rule off)" in "\n".join(report.lines())
+
+
 def test_a_benchmark_list_without_questions_is_an_error_not_a_silent_pass(tmp_path):
     (tmp_path / "bench.jsonl").write_text(json.dumps({"problem": "What is 2 + 2?"}) + "\n")
     with pytest.raises(ValueError, match="no `question`"):
@@ -293,7 +360,8 @@ def test_eval_distribution_drives_the_sample_and_eval_questions_are_never_drawn(
     report, table = run_sample(tmp_path, n=10, distribution={"kind": "eval", "eval_pool": str(tmp_path / "eval")})
     assert report.quotas == {**dict.fromkeys(LEVEL_NAMES, 0), "easy": 6, "wrong_near": 4}
     assert not set(table["question_id"].to_pylist()) & set(eval_ids)
-    assert report.excluded == {"not_in_pool": 7, "eval_set": 3, "benchmark": 0, "previous_sample": 0}
+    assert report.excluded == {"not_in_pool": 7, "eval_set": 3, "benchmark": 0, "benchmark_ngram": 0,
+                               "previous_sample": 0}
     saved = load_distribution(tmp_path / "out" / "distribution.json")
     assert saved.provenance["counts"]["easy"] == 6 and saved.provenance["eval_pool"] == str(tmp_path / "eval")
 

@@ -147,6 +147,39 @@ def test_cascod_joint_pairs_share_micro_batches_and_two_phase_orders_phases(toke
     assert cascod_pairs(table)["cascod_rationale-4"] == "cascod_answer-4"
 
 
+def test_a_cascod_pair_always_shares_a_micro_batch_when_a_partner_is_dropped(tokenizer):
+    # Before: with a2 too long, [['r1','a1'], ['r2','r3'], ['a3']]: r2 was trained alone and r3/a3 split.
+    rows = records(4, kinds=("cascod_rationale", "cascod_answer")).to_pylist()
+    for row in rows:
+        if row["record_id"] == "cascod_answer-2":
+            row["messages"][-1]["content"] += " and so on" * 200
+    table = pa.Table.from_pylist(rows, schema=SFT_RECORDS)
+    for batching in ("plain", "grouped", "packed"):
+        order, report = prepare(table, tokenizer, cfg(objective="cascod", per_device_batch_size=2, max_seq_len=200,
+                                                      batching=batching, epochs=2))
+        ids = order["record_id"].to_pylist()
+        batches = [ids[s:s + 2] for s in range(0, len(ids), 2)]
+        assert all(b[0].replace("rationale", "answer") == b[1] for b in batches), batches
+        assert sorted(set(ids)) == sorted(f"cascod_{k}-{i}" for i in (0, 1, 3) for k in ("rationale", "answer"))
+        assert (report.too_long, report.partner_dropped, report.used, report.examples) == (1, 1, 6, 12)
+        assert "1 whose CasCoD partner was dropped" in report.lines()[0]
+
+
+def test_joint_cascod_trains_records_without_a_partner_two_by_two(tokenizer):
+    table = records(3, kinds=("cascod_rationale",))  # no answer records: no pairs at all
+    order, report = prepare(table, tokenizer, cfg(objective="cascod", per_device_batch_size=2))
+    assert (report.unpaired_dropped, report.used, order.num_rows) == (1, 2, 2)
+
+
+def test_length_drops_are_counted_per_level(tokenizer):
+    rows = records(8, kinds=("cot",), long_every=2).to_pylist()  # records 0, 2, 4, 6 are too long
+    for i, row in enumerate(rows):
+        row["level"] = ["wrong_hard", "correct"][i % 4 // 2]
+    _, report = prepare(pa.Table.from_pylist(rows, schema=SFT_RECORDS), tokenizer, cfg(max_seq_len=200))
+    assert report.too_long_by_level == {"wrong_hard": 2, "correct": 2}
+    assert report.lines()[1] == "longer than max_seq_len by level: correct 2, wrong_hard 2"
+
+
 def test_grouping_cuts_padding_and_packing_removes_it(tokenizer):
     table = records(64, kinds=("cot",), long_every=4)  # a quarter of the records are ~10x longer
     fractions = {}

@@ -12,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from adaptcot.demo import world
-from adaptcot.job.config import load_config
 from adaptcot.teach import teacher
 
 ROOT = Path(__file__).parents[1]
@@ -21,17 +20,6 @@ LOCAL = ROOT / "configs" / "local.yaml"
 REDUCED = ["synthetic_pool.math_questions=400", "synthetic_pool.eval_questions=90", "synthetic_pool.ood_questions=30",
            "synthetic_pool.calibration_questions=90", "grade.panel.questions=150",
            "grade.panel.min_wrong_answers=20", "sample.n=120", "train.epochs=2", "eval.sampling.n=1"]
-
-
-@pytest.fixture(scope="module")
-def world_models(tmp_path_factory):
-    """The demo's own models (its config's budgets), trained once here; each run gets a copy under its run_dir."""
-    from adaptcot.demo.world_models import build_world_models
-
-    cfg = load_config(LOCAL).tiny_models
-    out = tmp_path_factory.mktemp("world") / "models"
-    build_world_models(out, cfg.seed, cfg.world)
-    return out
 
 
 def cli(command: str, run_dir: Path, models: Path, *overrides: str) -> subprocess.CompletedProcess:

@@ -102,6 +102,7 @@ REJECT_REASONS = (
     "missing_answer",    # math question without a usable reference answer
     "bad_tests",         # code question without parseable tests
     "too_long",          # question text longer than the configured limit
+    "near_duplicate",    # a valid question left out at import: near duplicate of a kept one (named in `detail`)
 )
 REJECTS = _tagged("rejects", [
     pa.field("source", pa.string(), nullable=False),
@@ -187,7 +188,8 @@ TEACHER_COTS = _tagged("teacher_cots", [
     pa.field("verify_detail", pa.string()),
     pa.field("drop_reason", pa.string()),    # null: kept for SFT; else one of DROP_REASONS
 ])
-DROP_REASONS = ("error", "truncated", "too_long", "bad_format", "wrong_answer", "undecided")
+# not_joint: kept by its own filter, but another teacher of a trace-style comparison kept no CoT for the question
+DROP_REASONS = ("error", "truncated", "too_long", "bad_format", "wrong_answer", "undecided", "not_joint")
 
 CHAT_MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
 SFT_RECORD_KINDS = ("cot", "cascod_rationale", "cascod_answer")

@@ -27,6 +27,7 @@ import pyarrow as pa
 from adaptcot.common import html_page, storage
 from adaptcot.common.schemas import require_columns
 from adaptcot.evaluate import report
+from adaptcot.teach.joint_filter import joint_filter
 
 COT_COLUMNS = ("question_id", "teacher", "level", "completion_tokens", "finish_reason", "drop_reason", "cost_usd")
 
@@ -132,15 +133,22 @@ def student_rows(name: str, evals: list[dict]) -> list[dict]:
     return rows
 
 
-def compare(sides: dict[str, str | Path]) -> tuple[dict, dict]:
-    """(comparison, the sides as read): the numbers of `comparison.json`."""
+def compare(sides: dict[str, str | Path], joint: bool = False) -> tuple[dict, dict]:
+    """(comparison, the sides as read): the numbers of `comparison.json`. `joint`: every CoT set is first cut to
+    the questions all sets kept a CoT for (seed 004's joint filter; the rest are dropped as `not_joint`)."""
     if len(sides) < 2:
         raise ValueError("compare needs at least two sides (NAME=PATH NAME=PATH)")
     missing = [str(p) for p in sides.values() if not storage.exists(str(p))]  # all of them, before reading any
     if missing:
         raise FileNotFoundError(f"compare: {', '.join(missing)} does not exist")
     read = {name: read_side(path) for name, path in sides.items()}
-    out = {"sides": {}}
+    out: dict = {"sides": {}, "joint_questions": None}
+    if joint:
+        with_cots = {name: s["cots"] for name, s in read.items() if s["cots"] is not None}
+        cut, questions = joint_filter(with_cots)
+        for name, table in cut.items():
+            read[name]["cots"] = table
+        out["joint_questions"] = len(questions)
     for name, side in read.items():
         out["sides"][name] = {
             "path": str(sides[name]),
@@ -231,8 +239,12 @@ def render(comparison: dict, read: dict) -> str:
     return html_page.page("adaptcot comparison: " + " vs ".join(comparison["sides"]), body)
 
 
-def write_comparison(sides: dict[str, str | Path], out: str | Path) -> tuple[dict, str]:
-    comparison, read = compare(sides)
+def write_comparison(sides: dict[str, str | Path], out: str | Path, joint: bool = False) -> tuple[dict, str]:
+    comparison, read = compare(sides, joint)
+    if joint:
+        for name, side in read.items():
+            if side["cots"] is not None:
+                storage.write_table(side["cots"], storage.join(str(out), "joint", name, "cots.parquet"))
     storage.write_text(storage.join(str(out), "comparison.json"), json.dumps(comparison, indent=2))
     page = storage.join(str(out), "comparison.html")
     storage.write_text(page, render(comparison, read))
@@ -241,6 +253,8 @@ def write_comparison(sides: dict[str, str | Path], out: str | Path) -> tuple[dic
 
 def format_comparison(comparison: dict) -> list[str]:
     lines = []
+    if comparison.get("joint_questions") is not None:
+        lines.append(f"joint filter: {comparison['joint_questions']} questions with a kept CoT on every side")
     shared = comparison["shared"] or {}
     for name, side in comparison["sides"].items():
         c = side["cots"]

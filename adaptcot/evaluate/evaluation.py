@@ -11,7 +11,11 @@ easy/medium/hard).
 
 Cascaded inference (CasCoD-trained students, METHOD.md §2): the model first writes a rationale for the question
 (the same user turn as always), then answers a second turn built with `rationale_prompt` from the question and
-that rationale; the answer is verified, and tokens are counted over both generations.
+that rationale (`second_turn_prompts`); the answer is verified, and tokens are counted over both generations. With
+`sft_records` (the SFT output the model was trained on) the rationale prompt is the one those records were built
+with (`sft/records.py::read_prompts`), and a model whose math, code or system prompt differs from the records'
+is refused, naming both (`with_sft_prompts`); records written before the prompts were recorded leave the
+configured `rationale_prompt` in use. Not covered: `sft_records` is read only for cascaded evaluations.
 
 Levels: with `levels.bank` set, each question's difficulty level for `levels.student` is read from the bank
 (questions not in the bank get none), so every metric is also reported per level.
@@ -41,6 +45,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from adaptcot.common import schemas, storage
+from adaptcot.common.reasoning import split_reply
 from adaptcot.common.runtime import collect_blocks
 from adaptcot.common.settings import Strict
 from adaptcot.evaluate import metrics as eval_metrics
@@ -54,7 +59,7 @@ from adaptcot.grade.answering import (
     to_attempt_row,
 )
 from adaptcot.pool.presets import last_boxed
-from adaptcot.sft.records import RATIONALE_PROMPT
+from adaptcot.sft.records import RATIONALE_PROMPT, read_prompts
 from adaptcot.verify.attempts import VerifyConfig, verify_dataset
 from adaptcot.verify.math_answers import ANSWER_RULES, is_choice, read_choice
 
@@ -111,6 +116,9 @@ class EvalConfig(Strict):
     out: str = "eval"
     cascaded: bool = False
     rationale_prompt: str = RATIONALE_PROMPT  # must match the one the CasCoD records were built with
+    # The SFT output the model was trained on (sft_records.parquet or its directory): cascaded, its recorded
+    # prompts are used (`with_sft_prompts`) instead of restating them here.
+    sft_records: str | None = None
     levels: LevelsConfig | None = None
     verify: VerifyConfig = VerifyConfig()
 
@@ -144,6 +152,31 @@ class JobEvalConfig(Strict):
 
 
 # --- pure parts ------------------------------------------------------------------------------------------------------
+def with_sft_prompts(cfg: EvalConfig) -> EvalConfig:
+    """A cascaded evaluation with `sft_records`: `cfg` with the rationale prompt the records were built with. A model
+    math / code / system prompt, or a `rationale_prompt` set in `cfg`, that differs from the records' fails."""
+    prompts = read_prompts(cfg.sft_records) if cfg.cascaded and cfg.sft_records else None
+    if prompts is None:
+        return cfg
+    if "cascod" not in prompts.get("formats", []):
+        raise ValueError(f"eval: cascaded, but the SFT records at {cfg.sft_records} were built without CasCoD pairs "
+                         f"(formats {prompts.get('formats')})")
+    mine = {key: getattr(cfg.model, key) for key in ("math_prompt", "code_prompt", "system_prompt")}
+    if "rationale_prompt" in cfg.model_fields_set:
+        mine["rationale_prompt"] = cfg.rationale_prompt
+    for key, value in mine.items():
+        if value != prompts[key]:
+            raise ValueError(f"eval: the {key} here is {value!r} but the SFT records at {cfg.sft_records} were built "
+                             f"with {prompts[key]!r}; evaluate with the prompts the model was trained on")
+    return cfg.model_copy(update={"rationale_prompt": prompts["rationale_prompt"]})
+
+
+def second_turn_prompts(rows: list[dict], cfg: EvalConfig) -> list[str]:
+    """The cascaded answer turns: `rationale_prompt` over each row's user turn, question and `rationale`."""
+    return [cfg.rationale_prompt.format(prompt=build_messages(row, cfg.model)[-1]["content"], question=row["question"],
+                                        rationale=row["rationale"]) for row in rows]
+
+
 _SPACE = re.compile(r"\s+")
 
 
@@ -152,12 +185,10 @@ def answer_key(domain: str, response: str | None, reference: str | None = None) 
     the chosen letter when the reference is a multiple-choice letter."""
     if domain != "math" or not response:
         return None
+    reply = split_reply(response)  # after </think>, or gpt-oss's final channel
     if is_choice(reference):  # read as the verifier reads it: reasoning that never closed chose nothing
-        cut_off = "<think>" in response and "</think>" not in response
-        return None if cut_off else read_choice(response.rsplit("</think>", 1)[-1])[0]
-    if "</think>" in response:
-        response = response.rsplit("</think>", 1)[1]
-    boxed = last_boxed(response)
+        return None if reply.cut_off else read_choice(reply.answer)[0]
+    boxed = last_boxed(response if reply.cut_off else reply.answer)
     if boxed is None:
         return None
     return _SPACE.sub("", boxed.replace("\\left", "").replace("\\right", "")).rstrip(".") or None
@@ -221,9 +252,10 @@ def load_benchmark(spec: BenchmarkSpec, out: str | Path) -> pa.Table:
 
     directory = storage.join(str(out), "benchmarks", spec.name)
     if not pool_files(directory):
+        # A benchmark is evaluated whole: near duplicates inside it are its authors' business, not removed here.
         import_pool(PoolImportConfig(sources=[spec.source], domain=spec.domain, out=directory,
                                      preset=spec.preset, mapping=spec.mapping, hf_split=spec.hf_split,
-                                     hf_config=spec.hf_config))
+                                     hf_config=spec.hf_config, near_duplicates={"enabled": False}))
     pool = read_pool(directory, POOL_COLUMNS).sort_by("question_id")
     return pool.slice(0, spec.limit) if spec.limit else pool
 
@@ -260,11 +292,8 @@ def answer_and_verify(pool: pa.Table, cfg: EvalConfig, sampling: SamplingConfig)
         rationales["question_id"].to_pylist(), rationales["sample_index"].to_pylist(),
         rationales["response"].to_pylist(), rationales["num_tokens"].to_pylist(),
         rationales["finish_reason"].to_pylist())}
-    second_turns = []
-    for row in rows.to_pylist():
-        rationale = by_key[(row["question_id"], row["sample_index"])][0] or ""
-        prompt = build_messages(row, cfg.model)[-1]["content"]
-        second_turns.append(cfg.rationale_prompt.format(prompt=prompt, question=row["question"], rationale=rationale))
+    second_turns = second_turn_prompts([{**row, "rationale": by_key[(row["question_id"], row["sample_index"])][0] or ""}
+                                        for row in rows.to_pylist()], cfg)
     # The second turn is the whole user message: the prompts pass it through unchanged.
     passthrough = student.model_copy(update={"math_prompt": "{question}", "code_prompt": "{question}"})
     asked = rows.set_column(rows.schema.get_field_index("question"), "question", pa.array(second_turns, pa.string()))
@@ -294,9 +323,10 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     A finished evaluation with the same settings (recorded in metrics.json) is returned as it is, not redone."""
     started = time.perf_counter()
+    cfg = with_sft_prompts(cfg)
     name = cfg.model.display_name
     out_dir = storage.join(cfg.out, name)
-    settings = json.loads(cfg.model_dump_json(exclude={"out"}))
+    settings = json.loads(cfg.model_dump_json(exclude={"out", "sft_records"}))  # the prompts read from it are in
     metrics_path, samples_path = storage.join(out_dir, "metrics.json"), storage.join(out_dir, "samples.parquet")
     if storage.exists(metrics_path) and storage.exists(samples_path):
         previous = json.loads(storage.read_text(metrics_path))

@@ -4,6 +4,7 @@ sampling distribution with what its provenance says a reader must know."""
 
 from __future__ import annotations
 
+import html
 import json
 from collections import Counter
 
@@ -135,7 +136,12 @@ def sampling_distribution(run: str):
 
 
 def sampling_notes(run: str) -> str:
-    """What the sampling distribution's provenance says a reader must know: an eval set overlapping a benchmark."""
+    """What a reader must know about the sample: an eval set overlapping a benchmark (from the distribution's
+    provenance), and what decontamination excluded, with examples (from sample_report.json)."""
+    return _overlap_warning(run) + _exclusions_table(run)
+
+
+def _overlap_warning(run: str) -> str:
     path = storage.join(run, "samples", "distribution.json")
     if not storage.exists(path):
         return ""
@@ -145,3 +151,20 @@ def sampling_notes(run: str) -> str:
     return (f"<p class='warning' data-warning='overlap'>P_eval was measured on {overlap['questions']} of "
             f"{overlap['of']} questions that a reported benchmark also holds (allow_overlap: true): the sample is "
             "tuned on the test set, and the benchmark's numbers overstate the method.</p>")
+
+
+def _exclusions_table(run: str) -> str:
+    path = storage.join(run, "samples", "sample_report.json")
+    if not storage.exists(path):
+        return ""
+    report = json.loads(storage.read_text(path))
+    rows = [[reason, count, ""] for reason, count in report.get("excluded", {}).items()]
+    if not rows:
+        return ""
+    rows += [[reason, "", f"{e['question']} ~ {e['benchmark_question']}"]
+             for reason, examples in report.get("examples", {}).items() for e in examples[:5]]
+    d = report.get("decontamination") or {}
+    rule = (f"{d.get('benchmark_questions')} benchmark questions, by identity"
+            + (f" and shared word {d['ngram']}-grams" if d.get("ngram") else " only")) if d else "not recorded"
+    return (f"<p>Excluded from the sample (decontamination: {html.escape(rule)}):</p>"
+            + html_page.table("sample_exclusions", ["reason", "questions", "example (pool ~ benchmark)"], rows))

@@ -8,6 +8,11 @@
   on CPU nodes and GPU nodes.
 - `to_attempt_row` (pure): a processor output row -> an attempt row. A request the engine refused (e.g. a prompt
   longer than the model's context) comes back as an error row with its message; the job goes on.
+- `writes_harmony` / `sampling_params` (pure): gpt-oss models write harmony channels (`common/reasoning.py`), whose
+  markers are special tokens. For them (`reasoning_format: harmony`, or `auto` and "gpt-oss" in the model's path or
+  name: a name match, no config or tokenizer is read) vLLM detokenizes with `skip_special_tokens: false`, and
+  ray.data.llm's detokenize stage, which re-decodes with special tokens skipped, is turned off, so the response
+  keeps `<|channel|>analysis<|message|>...` and its reasoning and answer can be told apart.
 
 `finish_reason` is inferred: `ray.data.llm` returns the token count but not vLLM's finish reason, and with no stop
 strings configured, a response that used all of `max_tokens` was cut off (`length`), any other ended at EOS (`stop`).
@@ -15,8 +20,9 @@ strings configured, a response that used all of `max_tokens` was cut off (`lengt
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import Field
@@ -71,6 +77,9 @@ class StudentConfig(Strict):
     sampling: SamplingConfig = SamplingConfig()
     engine: EngineConfig = EngineConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    # How the model marks its reasoning; harmony keeps special tokens in the text (see writes_harmony). Replies are
+    # parsed by their text whatever this says; "think" only stops a gpt-oss-named model from keeping them.
+    reasoning_format: Literal["auto", "think", "harmony"] = "auto"
 
     @property
     def display_name(self) -> str:
@@ -78,9 +87,30 @@ class StudentConfig(Strict):
 
     def answering_key(self) -> dict:
         """The settings that change what the student answers (part of the grader id)."""
-        return {"model": self.model, "math_prompt": self.math_prompt, "code_prompt": self.code_prompt,
-                "system_prompt": self.system_prompt, "sampling": self.sampling.model_dump(),
-                "max_model_len": self.engine.max_model_len}
+        key = {"model": self.model, "math_prompt": self.math_prompt, "code_prompt": self.code_prompt,
+               "system_prompt": self.system_prompt, "sampling": self.sampling.model_dump(),
+               "max_model_len": self.engine.max_model_len}
+        # Only where it changes the stored text, so grader ids of other models stay as they were.
+        return {**key, "reasoning_format": "harmony"} if writes_harmony(self) else key
+
+
+_GPT_OSS = re.compile(r"gpt[-_]?oss", re.IGNORECASE)
+
+
+def writes_harmony(cfg: StudentConfig) -> bool:
+    """Does the model write gpt-oss's harmony format? `auto`: "gpt-oss" (or gpt_oss) in its path or name."""
+    if cfg.reasoning_format != "auto":
+        return cfg.reasoning_format == "harmony"
+    return any(_GPT_OSS.search(text) for text in (cfg.model, cfg.name or ""))
+
+
+def sampling_params(cfg: StudentConfig) -> dict:
+    """The vLLM sampling parameters of one request (one sample: n rows ask for n samples)."""
+    params = {"temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p,
+              "max_tokens": cfg.sampling.max_tokens}
+    if writes_harmony(cfg):  # keep <|channel|>, <|message|>, <|end|>...: they separate reasoning from answer
+        params.update(skip_special_tokens=False, spaces_between_special_tokens=False)
+    return params
 
 
 def expand_samples(batch: pa.Table, n: int) -> pa.Table:
@@ -128,13 +158,15 @@ def answer_processor(cfg: StudentConfig):
                      "seed": eng.seed, "tensor_parallel_size": eng.tensor_parallel_size,
                      "pipeline_parallel_size": eng.pipeline_parallel_size, **eng.extra}
     placement = None if res.use_gpu else {"bundles": [{"CPU": res.cpus_per_engine}]}
+    # The detokenize stage re-decodes with special tokens skipped; off, the engine's own text (params) is kept.
+    detokenize = False if writes_harmony(cfg) else light
     processor_cfg = vLLMEngineProcessorConfig(
         model_source=cfg.model, engine_kwargs=engine_kwargs, batch_size=res.batch_size,
         concurrency=res.concurrency, max_concurrent_batches=res.max_concurrent_batches,
-        should_continue_on_error=True, log_engine_metrics=False,
-        placement_group_config=placement, chat_template_stage=light, tokenize_stage=light, detokenize_stage=light,
+        should_continue_on_error=True, log_engine_metrics=False, placement_group_config=placement,
+        chat_template_stage=light, tokenize_stage=light, detokenize_stage=detokenize,
     )
-    params = {"temperature": sampling.temperature, "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}
+    params = sampling_params(cfg)
 
     def preprocess(row: dict) -> dict:
         return {"messages": build_messages(row, cfg), "sampling_params": params, **{k: row[k] for k in CARRIED}}

@@ -21,6 +21,7 @@ import re
 import pyarrow as pa
 from pydantic import Field
 
+from adaptcot.common.reasoning import split_reply
 from adaptcot.common.settings import ActorPoolSize, Strict
 
 PRM_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -46,7 +47,11 @@ class PRMConfig(Strict):
 
 
 def split_steps(response: str, rule: str) -> list[str]:
-    text = _THINK.sub("", response or "")
+    reply = split_reply(response)
+    if reply.format == "harmony":  # the channels' texts, without their markers: reasoning, then the answer
+        text = "\n\n".join(part for part in (reply.reasoning, reply.answer) if part)
+    else:
+        text = _THINK.sub("", response or "")
     if rule == "double_newline":
         parts = re.split(r"\n\s*\n", text)
     elif rule == "newline":

@@ -10,7 +10,8 @@ provenance in the run directory); `ray_jobs/<stage>.py` runs the same commands (
   adaptcot build-sft --config C      SFT records (standard CoT and/or CasCoD) from the kept CoTs
   adaptcot train --config C          fine-tune the student on the SFT records (Ray Train), export the model
   adaptcot eval --config C [--which before|after|both]     the job's student before and after SFT
-  adaptcot eval --model M --benchmarks math500,gsm8k|FILE... [--n 8] [--out DIR] [--cascaded] [--levels BANK STUDENT]
+  adaptcot eval --model M --benchmarks math500,gsm8k|FILE... [--n 8] [--out DIR] [--cascaded [--sft-records SFT]]
+                [--levels BANK STUDENT]
 
 Tools that need no job config:
   adaptcot pool import SRC... --domain {math,code} --out DIR [--preset P] [--map FIELD=COLUMN ...]
@@ -18,7 +19,7 @@ Tools that need no job config:
   adaptcot verify --input FILE --output FILE [--workers N] [--timeout S] [--isolation namespaces|none]
   adaptcot bank summary BANK [--json]  |  adaptcot bank compare BANK STUDENT_A STUDENT_B [--json]
   adaptcot report RUN_DIR            one offline HTML page of a run's figures (RUN_DIR/report.html)
-  adaptcot compare NAME=PATH NAME=PATH [--out DIR]   trace-style comparison: CoT sets, training, students
+  adaptcot compare NAME=PATH NAME=PATH [--out DIR] [--joint]   trace-style comparison: CoT sets, training, students
 """
 
 from __future__ import annotations
@@ -157,8 +158,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.model or not args.benchmarks:
         raise ValueError("eval: give --config (the job's student), or --model and --benchmarks")
     from adaptcot.common.runtime import set_cpu_env_defaults
-    from adaptcot.evaluate.evaluation import (KNOWN_BENCHMARKS, EvalConfig, LevelsConfig, evaluate, format_metrics,
-                                              load_benchmark)
+    from adaptcot.evaluate.evaluation import (
+        KNOWN_BENCHMARKS,
+        EvalConfig,
+        LevelsConfig,
+        evaluate,
+        format_metrics,
+        load_benchmark,
+    )
     from adaptcot.grade.answering import EngineConfig, ResourcesConfig, SamplingConfig
     from adaptcot.job.config import JobConfig, RayConfig
 
@@ -175,6 +182,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                     dtype=args.dtype),
              "resources": ResourcesConfig(use_gpu=args.gpu)}
     cfg = EvalConfig(model=model, benchmarks=benchmarks, out=args.out, cascaded=args.cascaded,
+                     sft_records=args.sft_records,
                      levels=LevelsConfig(bank=args.levels[0], student=args.levels[1]) if args.levels else None)
     set_cpu_env_defaults()
     job = JobConfig(run_dir=args.out, ray=RayConfig(address=args.ray_address), tiny_models={"enabled": False})
@@ -213,7 +221,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if name in sides:
             raise ValueError(f"compare: side name {name!r} given twice")
         sides[name] = path
-    comparison, page = write_comparison(sides, args.out)
+    comparison, page = write_comparison(sides, args.out, joint=args.joint)
     print("\n".join(format_comparison(comparison)))
     print(page)
     return 0
@@ -262,6 +270,9 @@ def eval_flags(ev: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ev.add_argument("--enforce-eager", action="store_true")
     ev.add_argument("--gpu", action="store_true")
     ev.add_argument("--cascaded", action="store_true", help="rationale first, then the answer (CasCoD students)")
+    ev.add_argument("--sft-records", metavar="PATH", default=None,
+                    help="with --cascaded: the sft_records.parquet (or its directory) the model was trained on; its "
+                         "recorded rationale prompt is used and the model's prompts must match it")
     ev.add_argument("--levels", nargs=2, metavar=("BANK", "STUDENT"), help="report per difficulty level")
     ev.add_argument("--out", default="runs/eval")
     ev.add_argument("--ray-address", default=None)
@@ -327,6 +338,9 @@ def _tool_parsers(sub) -> None:
     cmp.add_argument("sides", nargs="+", metavar="NAME=PATH",
                      help="a run directory, a cots.parquet, or an evaluated model's directory (eval/<model>/)")
     cmp.add_argument("--out", default="runs/compare", help="where comparison.json and comparison.html go")
+    cmp.add_argument("--joint", action="store_true",
+                     help="seed 004's joint filter: CoT sets cut to the questions every side kept a CoT for; the cut "
+                          "sets are written to OUT/joint/NAME/cots.parquet")
     cmp.set_defaults(func=cmd_compare)
 
 

@@ -25,6 +25,7 @@ from adaptcot.demo.world import WorldModelsConfig
 from adaptcot.evaluate.evaluation import JobEvalConfig
 from adaptcot.grade.answering import StudentConfig
 from adaptcot.grade.grading import GradeConfig
+from adaptcot.pool.near_duplicates import NearDuplicateConfig
 from adaptcot.pool.presets import resolve_mapping
 from adaptcot.sample.distributions import curriculum_distribution
 from adaptcot.sample.draw import SampleConfig
@@ -83,6 +84,9 @@ class PoolSourceGroup(Strict):
     mapping: dict[str, str] = {}
     hf_split: str = "train"
     hf_config: str | None = None
+    # Where these questions go (default `pool.out`): e.g. a calibration split, imported as its own pool that
+    # `sample.distribution.eval_pool` names, so P_eval is measured on it and nothing is ever drawn from it.
+    out: str | None = None
 
     @model_validator(mode="after")
     def _usable_mapping(self):
@@ -93,6 +97,7 @@ class PoolSourceGroup(Strict):
 class PoolConfig(Strict):
     out: str = "pool"
     max_question_chars: int = Field(default=32_000, gt=0)
+    near_duplicates: NearDuplicateConfig = NearDuplicateConfig()  # MinHash near-duplicate removal of every import
     imports: list[PoolSourceGroup] = []
 
 
@@ -127,6 +132,24 @@ class AblationConfig(Strict):
         return value
 
 
+class TraceStyleConfig(Strict):
+    """Seed 004 (METHOD.md §3): the same sampled questions taught by two or more teachers; each teacher's CoTs, cut
+    to the questions every teacher got right (`joint_filter`), train a copy of the student; then `compare`.
+    Each teacher is a side under `<run_dir>/<out>/<name>/` (teach, sft, train, eval); the job's `teacher` is unused."""
+
+    teachers: list[TeacherConfig] = Field(min_length=2)
+    joint_filter: bool = True  # the paper's protocol; false: each student trains on all its teacher's kept CoTs
+    out: str = "trace_style"   # under run_dir
+
+    @field_validator("teachers")
+    @classmethod
+    def _distinct_names(cls, value):
+        names = [t.name for t in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names repeat: {names} (each names a side's directory)")
+        return value
+
+
 class JobConfig(Strict):
     run_dir: str
     ray: RayConfig = RayConfig()
@@ -141,6 +164,7 @@ class JobConfig(Strict):
     train: TrainConfig | None = None  # fine-tunes the student on the SFT records (Ray Train)
     eval: JobEvalConfig | None = None  # evaluates the graded student before SFT and the trained model after
     ablation: AblationConfig = AblationConfig()  # `adaptcot ablate`: adaptive vs uniform, CasCoD vs CoT, by seed
+    trace_style: TraceStyleConfig | None = None  # seed 004: one student per teacher on the same problems, compared
 
     @model_validator(mode="before")
     @classmethod
@@ -154,9 +178,17 @@ class JobConfig(Strict):
 
     @model_validator(mode="after")
     def _stages_have_their_inputs(self):  # runs before _resolve_paths fills the defaults it checks
-        for stage, needs in (("sample", "grade"), ("teacher", "sample"), ("sft", "teacher")):
+        for stage, needs in (("sample", "grade"), ("teacher", "sample"), ("trace_style", "sample")):
             if getattr(self, stage) is not None and getattr(self, needs) is None:
                 raise ValueError(f"a `{stage}` section needs a `{needs}` section (it reads that stage's output)")
+        if self.sft is not None and self.teacher is None and self.trace_style is None:
+            raise ValueError("a `sft` section needs a `teacher` (or `trace_style`) section (it reads the CoTs)")
+        if self.trace_style is not None:
+            if self.teacher is not None:
+                raise ValueError("trace_style.teachers replaces `teacher`: remove the `teacher` section")
+            missing = [s for s in ("sft", "train", "eval") if getattr(self, s) is None]
+            if missing:
+                raise ValueError(f"trace_style trains and evaluates a student per teacher: it needs {missing}")
         if self.eval is not None and self.grade is None:
             raise ValueError("an `eval` section needs a `grade` section (it evaluates that student)")
         if self.tiny_models.enabled and storage.is_remote(self.path(self.tiny_models.out)):
@@ -180,8 +212,11 @@ class JobConfig(Strict):
             "tiny_models": under(self.tiny_models, out=self.tiny_models.out),
             "synthetic_pool": under(self.synthetic_pool, out=self.synthetic_pool.out,
                                     eval_pool_out=self.synthetic_pool.eval_pool_out),
-            "pool": under(self.pool, out=self.pool.out),
+            "pool": under(self.pool, out=self.pool.out).model_copy(update={"imports": [
+                under(group, out=group.out) if group.out else group for group in self.pool.imports]}),
             "ablation": under(self.ablation, out=self.ablation.out)}
+        if self.trace_style is not None:
+            fields["trace_style"] = under(self.trace_style, out=self.trace_style.out)
         if self.grade is not None:
             fields["grade"] = self.grade.model_copy(update={"pool": self.grade.pool or fields["pool"].out,
                                                             "bank": self.grade.bank or self.path("bank")})
@@ -200,6 +235,30 @@ class JobConfig(Strict):
 
 class ConfigError(ValueError):
     pass
+
+
+def token_limit_problems(cfg: JobConfig) -> list[str]:
+    """Where the token limits of teacher, CoT filter, SFT and evaluation disagree, so that paid CoTs would be
+    dropped at training, or the trained student cut off at evaluation (the job warns; shipped configs have none)."""
+    teachers = cfg.trace_style.teachers if cfg.trace_style else [cfg.teacher] if cfg.teacher else []
+    problems = []
+    for teacher in teachers:
+        cap = cfg.filter.max_completion_tokens
+        limit, where = (cap, "filter.max_completion_tokens") if cap and cap < teacher.sampling.max_tokens else \
+            (teacher.sampling.max_tokens, f"the teacher {teacher.name}'s sampling.max_tokens")
+        if cfg.train is not None and cfg.train.max_seq_len <= limit:
+            problems.append(f"train.max_seq_len {cfg.train.max_seq_len} <= {where} {limit}: kept CoTs longer than "
+                            "max_seq_len minus the prompt are paid for, then dropped at training (counted per level); "
+                            "raise train.max_seq_len above it by the prompt's length, or lower the teacher's limit")
+        if cfg.eval is not None and cfg.eval.after and cfg.eval.sampling.max_tokens < limit:
+            problems.append(f"eval.sampling.max_tokens {cfg.eval.sampling.max_tokens} < {where} {limit}: the "
+                            "trained student learns CoTs as long as the teacher's and is cut off before their end")
+    if cfg.eval is not None and cfg.grade is not None and \
+            cfg.grade.student.engine.max_model_len <= cfg.eval.sampling.max_tokens:
+        problems.append(f"grade.student.engine.max_model_len {cfg.grade.student.engine.max_model_len} <= "
+                        f"eval.sampling.max_tokens {cfg.eval.sampling.max_tokens}: no room for the prompt at "
+                        "evaluation")
+    return problems
 
 
 def _substitute(node: Any, placeholder: str, value: str) -> Any:

@@ -12,31 +12,38 @@ from __future__ import annotations
 import json
 
 from adaptcot.common import storage, terminal
-from adaptcot.job import ablation, stages
-from adaptcot.job.config import JobConfig
+from adaptcot.job import ablation, stages, trace_style
+from adaptcot.job.config import JobConfig, token_limit_problems
 
-ORDER = ("models", "import", "grade", "eval-before", "sample", "teach", "build-sft", "train", "eval-after", "report")
+ORDER = ("models", "import", "grade", "eval-before", "sample", "teach", "build-sft", "train", "eval-after",
+         "trace-style", "report")
+PER_TEACHER = ("teach", "build-sft", "train", "eval-after")  # done per side when the job compares trace styles
+STAGES = {**stages.STAGES, "trace-style": stages.Stage(
+    "trace-style", "trace_style", trace_style.run, "the sample taught by every teacher, cut to the problems all of "
+    "them solved, one student trained per teacher, compared")}
 def wanted(cfg: JobConfig, name: str) -> bool:
     """Whether the job runs this stage: its section is present (and, for some, switched on)."""
     if name == "models":
         return cfg.tiny_models.enabled
     if name == "import":
         return bool(stages.pool_imports(cfg))
+    if cfg.trace_style is not None and name in PER_TEACHER:
+        return False
     if name in ("eval-before", "eval-after"):
         return cfg.eval is not None and getattr(cfg.eval, name.split("-")[1])
-    section = stages.STAGES[name].section
+    section = STAGES[name].section
     return section is None or getattr(cfg, section) is not None
 
 
 def checks(cfg: JobConfig) -> dict:
     """The checks that can run before anything does (the others read what earlier stages make)."""
-    return {name: stages.STAGES[name].check for name in ("import",) if wanted(cfg, name)}
+    return {name: STAGES[name].check for name in ("import",) if wanted(cfg, name)}
 
 
 def run_stage(cfg: JobConfig, name: str, summary: dict, check: bool = True):
     """One stage between its start and end lines; its summary into `summary["stages"][name]`. `check`: run the
     stage's check first (the launcher ran it already for a command of one stage)."""
-    stage = stages.STAGES[name]
+    stage = STAGES[name]
     with terminal.stage(name, stage.doing) as shown:
         if check:
             stage.check(cfg)
@@ -49,6 +56,8 @@ def run_stage(cfg: JobConfig, name: str, summary: dict, check: bool = True):
 def run(cfg: JobConfig) -> dict:
     """Every wanted stage in order (Ray is up); `run_summary.json` in the run directory."""
     summary: dict = {"run_dir": cfg.run_dir, "stages": {}}
+    for problem in token_limit_problems(cfg):
+        terminal.say(f"warning: {problem}")
     for name in ORDER:
         if not wanted(cfg, name):
             continue

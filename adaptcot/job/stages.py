@@ -83,9 +83,12 @@ def build_models(cfg: JobConfig) -> ModelsReport:
 def pool_imports(cfg: JobConfig) -> list[PoolImportConfig]:
     """Every import the job runs: the configured ones, then the synthetic pool's (if enabled)."""
     limit = {"max_question_chars": cfg.pool.max_question_chars}
-    imports = [PoolImportConfig(**group.model_dump(), out=cfg.pool.out, **limit) for group in cfg.pool.imports]
+    imports = [PoolImportConfig(**{**group.model_dump(), "out": group.out or cfg.pool.out}, **limit,
+                                near_duplicates=cfg.pool.near_duplicates) for group in cfg.pool.imports]
     syn = cfg.synthetic_pool
     if syn.enabled:
+        # Generated from templates: its questions look alike by construction, and each is a different question.
+        limit["near_duplicates"] = {"enabled": False}
         for name, count, domain, preset in (("math", syn.math_questions, "math", "gsm8k"),
                                             ("code", syn.code_questions, "code", "apps")):
             if count:
@@ -202,7 +205,7 @@ def reported_questions(cfg: JobConfig) -> list[str]:
 def sample(cfg: JobConfig) -> SampleReport:
     g = cfg.grade
     return draw_sample(g.bank, g.pool, g.student.display_name, g.grader_id(), cfg.sample, cfg.path("samples"),
-                       reported_questions=reported_questions(cfg))
+                       benchmark_questions=reported_questions(cfg))
 
 
 @dataclass
@@ -292,8 +295,10 @@ def eval_config(cfg: JobConfig, which: str) -> EvalConfig:
         cascaded = cfg.eval.cascaded if cfg.eval.cascaded is not None else cfg.train.objective == "cascod"
     levels = LevelsConfig(bank=cfg.grade.bank, student=f"{student.display_name}@{cfg.grade.grader_id()}") \
         if cfg.eval.levels else None
+    # A cascaded student answers its second turn in the words it was trained on: the SFT records' own prompts.
+    sft_records = cfg.train.data if cascaded and cfg.train is not None else None
     return EvalConfig(model=model, benchmarks=cfg.eval.benchmarks, out=cfg.path("eval"), cascaded=cascaded,
-                      levels=levels, verify=cfg.grade.verify)
+                      levels=levels, verify=cfg.grade.verify, sft_records=sft_records)
 
 
 @dataclass

@@ -8,6 +8,8 @@ Stage contract: reads source rows (see `sources.py`), writes `DIR/pool/*.parquet
   hash-bucketed spill (rows go to one of 64 Arrow files by id, then each bucket is de-duplicated alone), so memory
   stays flat as the pool grows. Importing into a directory that already holds a pool adds only new questions:
   re-running an import, or finishing one that was killed, adds nothing twice.
+- Near duplicates (`near_duplicates`, on by default) are then left out with MinHash LSH over the same kind of
+  bucketed spills (`near_duplicates.py`); they go to the rejects table as `near_duplicate`.
 - `import_pool_remote` runs the same function as a Ray task.
 """
 
@@ -25,18 +27,31 @@ from typing import Iterable, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 from pydantic import Field
 
 from adaptcot.common import schemas, storage
 from adaptcot.common.settings import Strict
 from adaptcot.common.text import normalise_text, question_id
-from adaptcot.pool.presets import (ColumnMapping, MappingError, RowProblem, multiple_choice, read_answer, read_tests,
-                                   resolve_mapping, solution_text)
+from adaptcot.pool.near_duplicates import (
+    NUM_BUCKETS,
+    BucketSpill,
+    NearDuplicateConfig,
+    NearDuplicates,
+    near_duplicate_rejects,
+)
+from adaptcot.pool.presets import (
+    ColumnMapping,
+    MappingError,
+    RowProblem,
+    multiple_choice,
+    read_answer,
+    read_tests,
+    resolve_mapping,
+    solution_text,
+)
 from adaptcot.pool.sources import RawRow, Source, batched, open_source
 
-NUM_BUCKETS = 64
 READ_BATCH_ROWS = 16384
 ROWS_PER_OUTPUT_FILE = 250_000
 
@@ -50,6 +65,7 @@ class PoolImportConfig(Strict):
     max_question_chars: int = Field(default=32_000, gt=0)
     hf_split: str = "train"
     hf_config: str | None = None
+    near_duplicates: NearDuplicateConfig = NearDuplicateConfig()
 
 
 @dataclass
@@ -59,14 +75,17 @@ class ImportReport:
     duplicates: int = 0
     already_in_pool: int = 0
     rejected: Counter = field(default_factory=Counter)
+    near_duplicates: int = 0  # valid questions left out as near duplicates (in the rejects table, `near_duplicate`)
 
     def as_dict(self) -> dict:
         return {"read": self.read, "imported": self.imported, "duplicates": self.duplicates,
-                "already_in_pool": self.already_in_pool, "rejected": dict(self.rejected)}
+                "near_duplicates": self.near_duplicates, "already_in_pool": self.already_in_pool,
+                "rejected": dict(self.rejected)}
 
     def lines(self) -> list[str]:
         out = [f"read {self.read} rows: imported {self.imported}, duplicates {self.duplicates}, "
-               f"already in pool {self.already_in_pool}, rejected {sum(self.rejected.values())}"]
+               f"near duplicates {self.near_duplicates}, already in pool {self.already_in_pool}, "
+               f"rejected {sum(self.rejected.values())}"]
         out += [f"  rejected {n:>8}  {reason}" for reason, n in sorted(self.rejected.items())]
         return out
 
@@ -143,53 +162,6 @@ def normalise_rows(rows: Iterable[RawRow], mapping: ColumnMapping, domain: str,
 
 
 # --- streaming, de-duplication, writing -------------------------------------------------------------------------
-def _bucket_of(ids: pa.Array) -> pa.Array:
-    # The first two hex digits of a sha256-derived id are uniform; 256 values fold evenly onto 64 buckets.
-    digits = pa.array(list("0123456789abcdef"))
-    high = pc.index_in(pc.utf8_slice_codeunits(ids, 0, 1), value_set=digits)
-    low = pc.index_in(pc.utf8_slice_codeunits(ids, 1, 2), value_set=digits)
-    return pc.bit_wise_and(pc.add(pc.multiply(high, 16), low), NUM_BUCKETS - 1)
-
-
-class _BucketSpill:
-    """Rows spilled to NUM_BUCKETS Arrow IPC files by question_id, so each bucket can be de-duplicated alone."""
-
-    def __init__(self, root: Path, schema: pa.Schema):
-        self.root, self.schema = root, schema
-        root.mkdir(parents=True)
-        self.writers: dict[int, ipc.RecordBatchFileWriter] = {}
-
-    def add(self, table: pa.Table) -> None:
-        buckets = _bucket_of(table["question_id"].combine_chunks())
-        order = pc.sort_indices(buckets)
-        table, buckets = table.take(order), buckets.take(order)
-        start = 0
-        for bucket, length in _runs(buckets):
-            self._writer(bucket).write_table(table.slice(start, length))
-            start += length
-
-    def _writer(self, bucket: int) -> ipc.RecordBatchFileWriter:
-        if bucket not in self.writers:
-            self.writers[bucket] = ipc.new_file(str(self.root / f"{bucket:03d}.arrow"), self.schema)
-        return self.writers[bucket]
-
-    def close(self) -> None:
-        for w in self.writers.values():
-            w.close()
-
-    def read(self, bucket: int) -> pa.Table | None:
-        path = self.root / f"{bucket:03d}.arrow"
-        return ipc.open_file(str(path)).read_all() if path.exists() else None
-
-
-def _runs(sorted_values: pa.Array) -> list[tuple[int, int]]:
-    """(value, run length) of a sorted array, in order."""
-    encoded = pc.run_end_encode(sorted_values)
-    ends = encoded.run_ends.to_pylist()
-    starts = [0] + ends[:-1]
-    return list(zip(encoded.values.to_pylist(), [e - s for s, e in zip(starts, ends)]))
-
-
 _SPILL_SCHEMA = schemas.POOL.append(pa.field("_seq", pa.int64()))
 _IDS_SCHEMA = pa.schema([schemas.POOL.field("question_id")])
 
@@ -198,14 +170,19 @@ def _existing_parquet(directory: str) -> list[str]:
     return storage.list_files(directory, "*.parquet")
 
 
-def _spill_existing_ids(pool_dir: str, spill: _BucketSpill) -> int:
+def _spill_existing_ids(pool_dir: str, spill: BucketSpill, near: NearDuplicates | None) -> int:
+    """The pool's question ids to `spill`, and (with `near`) its questions' signatures and band keys."""
     files = _existing_parquet(pool_dir)
     n = 0
     for path in files:
         fs, inner = storage.resolve(path)
         parquet = pq.ParquetFile(fs.open_input_file(inner))
-        for batch in parquet.iter_batches(columns=["question_id"], batch_size=READ_BATCH_ROWS):
-            spill.add(pa.Table.from_batches([batch], _IDS_SCHEMA))
+        columns = ["question_id", "question"] if near else ["question_id"]
+        for batch in parquet.iter_batches(columns=columns, batch_size=READ_BATCH_ROWS):
+            table = pa.Table.from_batches([batch])
+            spill.add(pa.table([table["question_id"]], schema=_IDS_SCHEMA))
+            if near:
+                near.add(table, existing=True)
             n += batch.num_rows
     return n
 
@@ -268,7 +245,15 @@ def _known_rejects(rejects_dir: str) -> set[tuple[str, int]]:
     return keys
 
 
-def _spill_sources(sources: list[Source], cfg: PoolImportConfig, mapping: ColumnMapping, spill: _BucketSpill,
+def _not_known(rejects: pa.Table, known: set) -> pa.Table:
+    """The rejects not stored yet: a re-run does not store the same reject twice."""
+    if not known or not rejects.num_rows:
+        return rejects
+    fresh = [(s, r) not in known for s, r in zip(rejects["source"].to_pylist(), rejects["source_row"].to_pylist())]
+    return rejects.filter(pa.array(fresh))
+
+
+def _spill_sources(sources: list[Source], cfg: PoolImportConfig, mapping: ColumnMapping, spill: BucketSpill,
                    rejects: _RollingParquetWriter, known_rejects: set, report: ImportReport) -> None:
     seq = 0
     for source in sources:
@@ -276,11 +261,7 @@ def _spill_sources(sources: list[Source], cfg: PoolImportConfig, mapping: Column
             good, bad = normalise_rows(batch, mapping, cfg.domain, cfg.max_question_chars)
             report.read += len(batch)
             report.rejected.update(bad["reason"].to_pylist())
-            if known_rejects and bad.num_rows:  # a re-run does not store the same reject twice
-                fresh = [(s, r) not in known_rejects for s, r in zip(bad["source"].to_pylist(),
-                                                                      bad["source_row"].to_pylist())]
-                bad = bad.filter(pa.array(fresh))
-            rejects.write(bad)
+            rejects.write(_not_known(bad, known_rejects))
             seqs = pa.array(range(seq, seq + good.num_rows), pa.int64())
             spill.add(good.append_column("_seq", seqs))
             seq += good.num_rows
@@ -305,30 +286,48 @@ def import_pool(cfg: PoolImportConfig) -> ImportReport:
         Path(out) / f".staging-{token}"
     report = ImportReport()
     try:
-        new_spill = _BucketSpill(staging / "new", _SPILL_SCHEMA)
-        old_spill = _BucketSpill(staging / "existing", _IDS_SCHEMA)
-        _spill_existing_ids(pool_dir, old_spill)
+        new_spill = BucketSpill(staging / "new", _SPILL_SCHEMA)
+        old_spill = BucketSpill(staging / "existing", _IDS_SCHEMA)
+        near = NearDuplicates(staging / "near", cfg.near_duplicates) if cfg.near_duplicates.enabled else None
+        _spill_existing_ids(pool_dir, old_spill, near)
         old_spill.close()
         staged_rejects = _RollingParquetWriter(_mkdir(staging / "rejects"), f"rejects-{token}", schemas.REJECTS)
-        _spill_sources(sources, cfg, mapping, new_spill, staged_rejects, _known_rejects(rejects_dir), report)
+        known_rejects = _known_rejects(rejects_dir)
+        _spill_sources(sources, cfg, mapping, new_spill, staged_rejects, known_rejects, report)
         new_spill.close()
-        staged_rejects.close()
+        found = _find_near_duplicates(near, new_spill, old_spill) if near else {}
+        left_out = pa.array(sorted(found), pa.string())
         staged_pool = _RollingParquetWriter(_mkdir(staging / "pool"), f"part-{token}", schemas.POOL)
         for bucket in range(NUM_BUCKETS):
             new = new_spill.read(bucket)
             if new is None:
                 continue
             keep, dups, already = _dedup_bucket(new, old_spill.read(bucket))
+            near_rows = pc.is_in(keep["question_id"], value_set=left_out)
+            rejected = near_duplicate_rejects(keep.filter(near_rows), found, cfg.near_duplicates.ngram)
+            staged_rejects.write(_not_known(rejected, known_rejects))
+            keep = keep.filter(pc.invert(near_rows))
             staged_pool.write(keep)
             report.imported += keep.num_rows
             report.duplicates += dups
+            report.near_duplicates += rejected.num_rows
             report.already_in_pool += already
         staged_pool.close()
+        staged_rejects.close()
         _publish(staging, pool_dir, rejects_dir, staged_pool.files, staged_rejects.files)
         _append_manifest(out, cfg, report, token)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _find_near_duplicates(near: NearDuplicates, new_spill: BucketSpill, old_spill: BucketSpill) -> dict:
+    """The new questions (after exact de-duplication) that are near duplicates, by id (`NearDuplicates.resolve`)."""
+    for bucket in range(NUM_BUCKETS):
+        if (new := new_spill.read(bucket)) is not None:
+            keep = _dedup_bucket(new, old_spill.read(bucket))[0]
+            near.add(keep.select(["question_id", "question"]), existing=False)
+    return near.resolve()
 
 
 def _mkdir(path: Path) -> Path:

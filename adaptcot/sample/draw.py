@@ -4,7 +4,8 @@
   and its shortfall goes to the other levels; see its docstring and docs/sampling.md).
 - `draw`: within a level, questions in the order of sha256(f"{seed}:{question_id}"), first k taken. The same seed
   gives the same sample, and adding questions to the bank never reorders the questions already there.
-- `exclusions.py`: decontamination against benchmark lists (by normalised text) and earlier samples.
+- `exclusions.py`: decontamination against benchmark questions (the `exclude` lists and the job's own eval
+  benchmarks: by identity key, then by shared word n-grams, `decontamination.ngram`) and earlier samples.
 - `sample`: the driver, bank partition + pool -> `samples.parquet` (schema SAMPLES), `distribution.json`,
   `sample_report.json`, each published whole.
 
@@ -14,9 +15,10 @@ questions per level (`first_per_level`); the first k per level are then taken am
 `draw` over the whole partition. A partition of up to `bank.IN_PROCESS_MAX_ROWS` rows is drawn in this process;
 a larger one on Ray Data (a distributed semi-join with the pool, blocks marked in parallel, a group-by for the
 counts), so a bank of tens of millions of questions is never held by one process (`benchmarks/bank_scale.py`).
-Both give the same sample. The pool is read again only for the drawn questions. Not covered: stratifying by domain
-or source (a mixed bank is drawn by level only), and fuzzy or n-gram decontamination (only exact matches of the
-identity key of `adaptcot.common.text`, i.e. equal up to case, whitespace and Unicode compatibility forms).
+Both give the same sample. The n-gram rule reads the pool's question text once, a batch at a time (on Ray Data
+with the big partitions), keeping only the ids that match; the pool is read again only for the drawn questions and
+the report's examples. Not covered: stratifying by domain or source (a mixed bank is drawn by level only), and
+paraphrased benchmark questions that share no n-gram (see `exclusions.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -39,11 +42,18 @@ from adaptcot.grade import bank
 from adaptcot.pool.importer import pool_files, read_pool
 from adaptcot.sample.distributions import (LEVEL_NAMES, Distribution, DistributionConfig, DistributionError,
                                            build_distribution, eval_pool_ids, save_distribution)
-from adaptcot.sample.exclusions import (exclusion_ids, mark_exclusions, order_key, overlapping_questions,
-                                        previous_sample_ids)
+from adaptcot.sample.exclusions import (OVERLAP, Benchmarks, mark_exclusions, ngram_index, order_key,
+                                        overlapping_questions, pool_overlap, previous_sample_ids, read_benchmarks,
+                                        snippet)
 
 BANK_COLUMNS = ["question_id", "domain", "student", "grader_id", "level", "difficulty_rank"]
 QUESTION_FIELDS = ["question", "reference_answer", "tests", "starter_code"]
+EXAMPLES_PER_REASON = 20  # excluded questions the report shows per decontamination rule (json; lines() shows 5)
+
+
+class DecontaminationConfig(Strict):
+    # Word n-gram size of the overlap rule (open-r1: 8; lm-eval: 13); None: identity matching only.
+    ngram: int | None = Field(default=8, ge=1)
 
 
 class SampleConfig(Strict):
@@ -53,6 +63,7 @@ class SampleConfig(Strict):
     exclude: list[str] = []           # benchmark question lists (decontamination)
     exclude_previous: list[str] = []  # earlier sample outputs (samples.parquet files or their directories)
     domains: list[Literal["math", "code"]] | None = None  # None: every domain in the bank
+    decontamination: DecontaminationConfig = DecontaminationConfig()
 
 
 # --- allocation -----------------------------------------------------------------------------------------------
@@ -152,6 +163,9 @@ class SampleReport:
     excluded: dict[str, int]
     notes: list[str] = field(default_factory=list)
     out_dir: str = ""
+    decontamination: dict = field(default_factory=dict)  # benchmark questions checked, n-gram size
+    # reason -> up to EXAMPLES_PER_REASON {question_id, question, benchmark_question[, shared]} (smallest ids)
+    examples: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
     def drawn(self) -> int:
@@ -167,6 +181,15 @@ class SampleReport:
         out += [f"  {lv.ljust(15)}{self.weights[lv]:8.3f}{self.available[lv]:11d}{self.quotas[lv]:8d}"
                 for lv in LEVEL_NAMES]
         out.append("  excluded: " + (", ".join(f"{k} {v}" for k, v in self.excluded.items()) or "none"))
+        if self.decontamination:
+            d = self.decontamination
+            out.append(f"  decontamination: {d['benchmark_questions']} benchmark questions, by identity"
+                       + (f" and shared word {d['ngram']}-grams" if d["ngram"] else " only (n-gram rule off)"))
+        for reason, examples in self.examples.items():
+            out += [f"  {reason}: {e['question_id'][:12]} {e['question'][:60]!r} ~ {e['benchmark_question'][:60]!r}"
+                    + (f" (shares {e['shared']!r})" if e.get("shared") else "") for e in examples[:5]]
+            if len(examples) > 5:
+                out.append(f"  {reason}: {len(examples) - 5} more examples in sample_report.json")
         out += [f"  note: {note}" for note in self.notes]
         return out
 
@@ -253,6 +276,41 @@ class _Marked:
                                                            batch_format="pyarrow", num_cpus=0.25).to_arrow_refs()]
         return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in BANK_COLUMNS})
 
+    def first_ids(self, reason: str, k: int) -> list[str]:
+        """The k smallest question ids marked `reason`: each block's k smallest, then the k smallest of those."""
+        if not self.on_ray:
+            return smallest_ids(self.rows, reason, k)["question_id"].to_pylist()
+        import ray
+
+        parts = [ray.get(r) for r in self.rows.map_batches(smallest_ids, fn_kwargs={"reason": reason, "k": k},
+                                                           batch_format="pyarrow", num_cpus=0.25).to_arrow_refs()]
+        return sorted(q for part in parts for q in part["question_id"].to_pylist())[:k]
+
+
+def smallest_ids(rows: pa.Table, reason: str, k: int) -> pa.Table:
+    marked = rows.filter(pc.equal(rows["excluded"], reason)).select(["question_id"])
+    return marked.sort_by("question_id").slice(0, k)
+
+
+def decontamination_examples(marked: _Marked, pool: list[str], benchmarks: Benchmarks, ngram_hits: pa.Table,
+                             removed: dict[str, int]) -> dict[str, list[dict]]:
+    """Up to EXAMPLES_PER_REASON excluded questions per decontamination rule (the smallest ids), with the benchmark
+    question each matched: what the report shows so a user can judge the rules."""
+    ids = {r: marked.first_ids(r, EXAMPLES_PER_REASON) if removed.get(r) else []
+           for r in ("benchmark", "benchmark_ngram")}
+    wanted = pa.array(sorted(set(ids["benchmark"]) | set(ids["benchmark_ngram"])), pa.string())
+    if not len(wanted):
+        return {}
+    found = storage.dataset(pool, schemas.POOL).to_table(columns=["question_id", "question"],
+                                                         filter=pc.field("question_id").isin(wanted))
+    question = dict(zip(found["question_id"].to_pylist(), found["question"].to_pylist()))
+    hits = {r["question_id"]: r for r in ngram_hits.filter(pc.is_in(ngram_hits["question_id"], wanted)).to_pylist()}
+    out = {"benchmark": [{"question_id": q, "question": snippet(question[q]),
+                          "benchmark_question": snippet(benchmarks.by_id[q]) or "(listed by question_id)"}
+                         for q in ids["benchmark"]],
+           "benchmark_ngram": [{**hits[q], "question": snippet(question[q])} for q in ids["benchmark_ngram"]]}
+    return {reason: examples for reason, examples in out.items() if examples}
+
 
 def check_eval_set_overlap(distribution: DistributionConfig, reported_questions: list[str]) -> dict | None:
     """P_eval's eval set must share no question with a benchmark the job reports: a DistributionError naming the
@@ -275,12 +333,13 @@ def check_eval_set_overlap(distribution: DistributionConfig, reported_questions:
 
 def sample(bank_root: str | Path, pool_dir: str | Path, student: str, grader_id: str, config: SampleConfig,
            out_dir: str | Path, in_process_max_rows: int = bank.IN_PROCESS_MAX_ROWS,
-           reported_questions: list[str] = ()) -> SampleReport:
+           benchmark_questions: Sequence[str] = ()) -> SampleReport:
     """Draw `config.n` questions of `pool_dir` from `student`'s bank partition and write them to `out_dir`.
     A partition of more than `in_process_max_rows` rows is drawn on Ray Data (Ray must be up then; `adaptcot
-    sample` starts it). `reported_questions`: the questions of the benchmarks the job reports; P_eval's eval set may
-    not hold any of them (`check_eval_set_overlap`)."""
-    overlap = check_eval_set_overlap(config.distribution, list(reported_questions))
+    sample` starts it). `benchmark_questions`: the texts of the benchmarks the job evaluates on; they are excluded
+    like the `exclude` lists (identity, then n-grams), and P_eval's eval set may not hold any of them
+    (`check_eval_set_overlap`)."""
+    overlap = check_eval_set_overlap(config.distribution, list(benchmark_questions))
     files = bank.part_files(bank_root, "bank", student, grader_id)
     if not files:
         raise FileNotFoundError(f"no graded questions for {student} (grader {grader_id}) in {bank_root}; "
@@ -292,10 +351,16 @@ def sample(bank_root: str | Path, pool_dir: str | Path, student: str, grader_id:
     dist = None if kind == "uniform" else build_distribution(config.distribution, bank_root, student, grader_id)
     drop_ids = {"eval_set": set(eval_pool_ids(config.distribution.eval_pool).to_pylist())} if kind == "eval" \
         else {}  # training on the eval set would be contamination too
-    drop_ids["benchmark"] = exclusion_ids(config.exclude)
+    bank_rows, pool = storage.row_count(files), pool_files(pool_dir)
+    on_ray = bank_rows > in_process_max_rows
+    benchmarks = read_benchmarks(config.exclude, benchmark_questions)
+    drop_ids["benchmark"] = set(benchmarks.by_id)
+    ngram = config.decontamination.ngram
+    hits = pool_overlap(pool, ngram_index(benchmarks.texts, ngram), on_ray) if ngram else OVERLAP.empty_table()
+    if ngram:
+        drop_ids["benchmark_ngram"] = set(hits["question_id"].to_pylist())
     drop_ids["previous_sample"] = previous_sample_ids(config.exclude_previous)
-    bank_rows = storage.row_count(files)
-    marked = _Marked(files, pool_files(pool_dir), config, drop_ids, on_ray=bank_rows > in_process_max_rows)
+    marked = _Marked(files, pool, config, drop_ids, on_ray)
     available, removed = marked.counts()
     if dist is None:
         dist = build_distribution(config.distribution, bank_root, student, grader_id, available)
@@ -308,6 +373,8 @@ def sample(bank_root: str | Path, pool_dir: str | Path, student: str, grader_id:
     drawn = draw(marked.firsts(quotas).select(BANK_COLUMNS), quotas, config.seed)
     table = with_questions(drawn, pool_dir)
     report = SampleReport(student, grader_id, config.seed, config.n, dist.kind, dist.weights, available, quotas,
-                          excluded, _eval_note(dist) + notes, str(out_dir))
+                          excluded, _eval_note(dist) + notes, str(out_dir),
+                          {"benchmark_questions": len(benchmarks.texts), "ngram": ngram},
+                          decontamination_examples(marked, pool, benchmarks, hits, removed))
     write_outputs(out_dir, table, dist, report)
     return report

@@ -2,18 +2,27 @@
 
 - `tokenize_records`: chat records -> token ids through the student's own chat template; `prompt_tokens` marks where
   the assistant turn starts, so the loss is on assistant tokens only (the turn's end token included: the model has
-  to learn to stop). Records longer than `max_seq_len` are dropped and counted, or fail the run (`too_long`); they
-  are never truncated.
+  to learn to stop). Records longer than `max_seq_len` are dropped and counted (per level too), or fail the run
+  (`too_long`); they are never truncated.
+- `keep_whole_pairs` (cascod objective): a CasCoD rationale record and its answer record (same `cot_id`) are one
+  unit; when one of them was dropped (too long, empty target) its partner is dropped too (`partner_dropped`), so
+  no answer step is trained without its rationale step or the other way round (adaptcot's choice: the paper's data
+  is whole pairs). Joint training also drops one record without any partner when their number is odd
+  (`unpaired_dropped`; they are trained two by two), so every unit is two records.
 - `training_order`: the whole run's example order, materialised once and seeded: epochs, CasCoD phases, CasCoD
-  pairs kept next to each other (so a joint-loss batch holds both objectives), length grouping. The Trainer then
-  reads it sequentially, so a resumed run continues exactly where the checkpoint was taken.
+  pairs kept next to each other, length grouping. The Trainer then reads it sequentially, so a resumed run
+  continues exactly where the checkpoint was taken. Joint training cuts micro-batches of an even size
+  (`TrainConfig` checks it) from units of two, so a pair always shares a micro-batch (both objectives' losses come
+  from the same examples).
 - `padding_fraction`: the share of pad tokens the batching will feed the model (0 with packing).
 
 Batching: `grouped` (default) pads micro-batches of similar length (sorted within mega-batches of 64
 micro-batches); `packed` concatenates a micro-batch's examples into one row (`trainer.SFTCollator`); `plain` pads
 shuffled ones.
 
-Not covered: datasets larger than one worker's memory (the tokenised order is read whole by every worker).
+Not covered: datasets larger than one worker's memory (the tokenised order is read whole by every worker); in
+`two_phase` a micro-batch may hold the last rationale records and the first answer records (the phases meet inside
+it when the rationale phase's length is not a multiple of `per_device_batch_size`).
 """
 
 from __future__ import annotations
@@ -46,7 +55,10 @@ class DataReport:
     by_kind: dict[str, int] = field(default_factory=dict)  # records of the objective's kinds, before length checks
     ignored_kinds: dict[str, int] = field(default_factory=dict)  # records of other kinds (not this objective's)
     too_long: int = 0
+    too_long_by_level: dict[str, int] = field(default_factory=dict)  # level -> records longer than max_seq_len
     empty_target: int = 0
+    partner_dropped: int = 0  # CasCoD records dropped because their partner was (too long, empty target)
+    unpaired_dropped: int = 0  # joint CasCoD: the odd record out of those without any partner
     used: int = 0
     tokens: int = 0  # tokens of the used records
     target_tokens: int = 0  # tokens with a loss
@@ -56,10 +68,17 @@ class DataReport:
     padding_fraction: float = 0.0
 
     def lines(self) -> list[str]:
-        return [f"{self.records} records, {self.used} used {dict(self.by_kind)}; dropped: {self.too_long} longer than "
-                f"max_seq_len, {self.empty_target} with an empty target; other kinds ignored: {self.ignored_kinds}",
-                f"{self.tokens} tokens ({self.target_tokens} with a loss), longest {self.max_len}; {self.examples} "
-                f"examples in {self.micro_batches} micro-batches, padding fraction {self.padding_fraction:.3f}"]
+        pairs = (f", {self.partner_dropped} whose CasCoD partner was dropped" if self.partner_dropped else "") + (
+            f", {self.unpaired_dropped} without a partner (odd one out)" if self.unpaired_dropped else "")
+        out = [(f"{self.records} records, {self.used} used {dict(self.by_kind)}; dropped: {self.too_long} longer "
+                f"than max_seq_len, {self.empty_target} with an empty target{pairs}; other kinds ignored: "
+                f"{self.ignored_kinds}")]
+        if self.too_long_by_level:
+            out.append("longer than max_seq_len by level: " + ", ".join(
+                f"{level} {n}" for level, n in sorted(self.too_long_by_level.items())))
+        return out + [(f"{self.tokens} tokens ({self.target_tokens} with a loss), longest {self.max_len}; "
+                       f"{self.examples} examples in {self.micro_batches} micro-batches, padding fraction "
+                       f"{self.padding_fraction:.3f}")]
 
 
 def tokenize_records(records: pa.Table, tokenizer, cfg: TrainConfig) -> tuple[pa.Table, DataReport]:
@@ -71,7 +90,8 @@ def tokenize_records(records: pa.Table, tokenizer, cfg: TrainConfig) -> tuple[pa
     report.by_kind = {k: kinds.get(k, 0) for k in wanted}
     report.ignored_kinds = {k: n for k, n in kinds.items() if k not in wanted}
     out = {"record_id": [], "kind": [], "input_ids": [], "prompt_tokens": []}
-    for row in records.select(["record_id", "kind", "messages"]).to_pylist():
+    columns = ["record_id", "kind", "messages"] + (["level"] if "level" in records.column_names else [])
+    for row in records.select(columns).to_pylist():
         if row["kind"] not in wanted:
             continue
         messages = row["messages"]
@@ -87,24 +107,46 @@ def tokenize_records(records: pa.Table, tokenizer, cfg: TrainConfig) -> tuple[pa
             continue
         if len(full) > cfg.max_seq_len:
             report.too_long += 1
+            level = row.get("level") or "unknown"
+            report.too_long_by_level[level] = report.too_long_by_level.get(level, 0) + 1
             continue
         out["record_id"].append(row["record_id"])
         out["kind"].append(row["kind"])
         out["input_ids"].append(full)
         out["prompt_tokens"].append(len(prompt))
-        report.tokens += len(full)
-        report.target_tokens += len(full) - len(prompt)
-        report.max_len = max(report.max_len, len(full))
-    report.used = len(out["record_id"])
     if report.too_long and cfg.too_long == "fail":
         raise DatasetError(f"{report.too_long} of {sum(report.by_kind.values())} records are longer than max_seq_len "
                            f"{cfg.max_seq_len} tokens (too_long: fail); raise max_seq_len or set too_long: drop")
-    if report.used == 0:
-        raise DatasetError(f"no record left to train on: {report.lines()[0]}")
     table = pa.table({"record_id": pa.array(out["record_id"], pa.string()), "kind": pa.array(out["kind"], pa.string()),
                       "input_ids": pa.array(out["input_ids"], pa.list_(pa.int32())),
                       "prompt_tokens": pa.array(out["prompt_tokens"], pa.int32())})
-    return table, report
+    return table, measure(table, report)
+
+
+def measure(tokens: pa.Table, report: DataReport) -> DataReport:
+    """Count the records left to train on (`used`, tokens, longest) into the report; none left is an error."""
+    lengths = [len(x) for x in tokens["input_ids"].to_pylist()]
+    report.used, report.tokens, report.max_len = len(lengths), sum(lengths), max(lengths, default=0)
+    report.target_tokens = report.tokens - sum(tokens["prompt_tokens"].to_pylist())
+    if report.used == 0:
+        raise DatasetError(f"no record left to train on: {report.lines()[0]}")
+    return report
+
+
+def keep_whole_pairs(tokens: pa.Table, pair_of: dict[str, str], cfg: TrainConfig, report: DataReport) -> pa.Table:
+    """The CasCoD records whose partner is still there (a lone one whose partner was dropped goes too); under joint
+    training an even number of records without any partner (the last one out if odd). Counted in the report."""
+    ids = tokens["record_id"].to_pylist()
+    present = set(ids)
+    broken = {i for i, r in enumerate(ids) if r in pair_of and pair_of[r] not in present}
+    lone = [i for i, r in enumerate(ids) if r not in pair_of]
+    odd = {lone[-1]} if cfg.cascod.mode == "joint" and len(lone) % 2 else set()
+    report.partner_dropped, report.unpaired_dropped = len(broken), len(odd)
+    if not broken and not odd:
+        return tokens
+    kept = tokens.take(pa.array([i for i in range(len(ids)) if i not in broken | odd], pa.int64()))
+    measure(kept, report)
+    return kept
 
 
 def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> list[int]:
@@ -148,20 +190,21 @@ def training_order(tokens: pa.Table, cfg: TrainConfig, pair_of: dict[str, str] |
 
 
 def _pairs(ids: list[str], kinds: list[str], pair_of: dict[str, str]) -> list[list[int]]:
-    """CasCoD units: [rationale row, answer row] where both survived, else the lone row."""
+    """CasCoD units of two rows: [rationale row, answer row] of one CoT; rows without a partner two by two (an odd
+    one out stays alone: `keep_whole_pairs` has dropped it before)."""
     row_of = {record_id: i for i, record_id in enumerate(ids)}
-    units, seen = [], set()
+    units, lone, seen = [], [], set()
     for i, record_id in enumerate(ids):
         if i in seen:
             continue
         partner = row_of.get(pair_of.get(record_id, ""))
         if partner is not None and partner not in seen and kinds[partner] != kinds[i]:
-            unit = [i, partner] if kinds[i] == "cascod_rationale" else [partner, i]
+            units.append([i, partner] if kinds[i] == "cascod_rationale" else [partner, i])
+            seen.update(units[-1])
         else:
-            unit = [i]
-        seen.update(unit)
-        units.append(unit)
-    return units
+            lone.append(i)
+            seen.add(i)
+    return units + [lone[j:j + 2] for j in range(0, len(lone), 2)]
 
 
 def _group_by_length(units: list[list[int]], lengths: list[int], batch: int, rng: random.Random) -> list[list[int]]:
@@ -216,6 +259,8 @@ def prepare(records: pa.Table, tokenizer, cfg: TrainConfig) -> tuple[pa.Table, D
     """Tokenise, check and order a dataset: everything the workers need, done before they start."""
     tokens, report = tokenize_records(records, tokenizer, cfg)
     pairs = cascod_pairs(records) if cfg.objective == "cascod" else None
+    if pairs is not None:
+        tokens = keep_whole_pairs(tokens, pairs, cfg, report)
     order = training_order(tokens, cfg, pairs)
     lengths = [len(x) for x in order["input_ids"].to_pylist()]
     report.examples = order.num_rows

@@ -11,7 +11,8 @@ of the block in flight), has no notion of which status codes to retry, and does 
 
 The API key is read from the environment variable the config names; it is never stored, logged or put in errors.
 Reasoning is read from `message.reasoning_content` (DeepSeek API), `message.reasoning` (vLLM's reasoning parsers,
-gpt-oss's reasoning channel), or `<think>...</think>` in the content.
+gpt-oss's reasoning channel), or from the content: `<think>...</think>`, or gpt-oss's harmony channels as a server
+with no reasoning parser returns them (`adaptcot/common/reasoning.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from pydantic import Field
 
+from adaptcot.common.reasoning import split_reply
 from adaptcot.common.settings import Strict
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
@@ -67,17 +69,15 @@ class ChatResult:
 
 
 def split_reasoning(message: dict) -> tuple[str | None, str]:
-    """(reasoning, answer text) of a chat message in any of the three conventions."""
+    """(reasoning, answer text) of a chat message: reasoning fields, `<think>` tags or harmony channels."""
     content = message.get("content") or ""
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if reasoning:
         return reasoning, content
-    if "</think>" in content:
-        before, after = content.rsplit("</think>", 1)
-        return before.replace("<think>", "", 1).strip(), after.lstrip()
-    if "<think>" in content:  # cut off while still reasoning
-        return content.split("<think>", 1)[1].strip(), ""
-    return None, content
+    reply = split_reply(content)  # <think> tags, or raw harmony from a server with no reasoning parser
+    if reply.format == "plain":
+        return None, content
+    return reply.reasoning, reply.answer.lstrip()  # cut off while still reasoning: answer ""
 
 
 class _RateLimiter:

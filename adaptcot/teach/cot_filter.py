@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
+from adaptcot.common.reasoning import split_reply
 from adaptcot.common.runtime import collect_blocks
 from adaptcot.common.schemas import DROP_REASONS, LEVELS_EASIEST_FIRST, TEACHER_COTS, SchemaError, require_columns
 from adaptcot.common.settings import ActorPoolSize, Strict
@@ -123,11 +124,10 @@ def parse_judgement(reply: str | None) -> bool | None:
     """YES / "equivalent" -> True, NO / "not equivalent" -> False, the last one after any reasoning; else None."""
     if not reply:
         return None
-    if "</think>" in reply:
-        reply = reply.rsplit("</think>", 1)[1]
-    elif "<think>" in reply:
+    parts = split_reply(reply)  # <think> tags or a gpt-oss judge's harmony channels
+    if parts.cut_off:
         return None  # the judge's reasoning was cut off before its verdict
-    matches = list(_JUDGEMENT.finditer(reply))
+    matches = list(_JUDGEMENT.finditer(parts.answer))
     return None if not matches else matches[-1].group("yes") is not None
 
 

@@ -1,8 +1,8 @@
 """What a program's answer is, and whether it matches: the pure half of code verification (`code_tests.py` runs the
 programs).
 
-- `extract_code`: the program in a response (fenced python blocks; which one is `choice`), optionally the whole
-  response when it compiles.
+- `extract_code`: the program in a response's answer (after `</think>`, or gpt-oss's final channel; fenced python
+  blocks, which one is `choice`), optionally the whole answer when it compiles.
 - `outputs_match`: stdout against the expected text, token by token (whitespace-tolerant like the usual judges'
   `wcmp`), floats within a tolerance if one is set.
 - `decode_value` / `values_equal`: a call's return value, sent back from the sandbox as plain data tagged with its
@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from adaptcot.common.reasoning import split_reply
 from adaptcot.pool.assert_reach import reach_of_asserts
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
@@ -31,10 +32,10 @@ def extract_code(response: str | None, choice: str = "last", whole_response_fall
     """The program in a response: fenced python (or untagged) blocks after the reasoning; None if there is none."""
     if not response:
         return None
-    if "</think>" in response:
-        response = response.rsplit("</think>", 1)[1]
-    elif "<think>" in response:
+    reply = split_reply(response)  # after </think>, or gpt-oss's final channel
+    if reply.cut_off:
         return None  # the reasoning was cut off before an answer
+    response = reply.answer
     blocks = [body for tag, body in _FENCE.findall(response) if tag.lower() in _PYTHON_TAGS and body.strip()]
     if not blocks:
         if whole_response_fallback and _compiles(response):

@@ -10,7 +10,8 @@ Arrow table (`response`, `reference_answer`, and `finish_reason` if present -> `
 Ray Data wrapper (`ds.map_batches(MathVerifyActor, fn_constructor_kwargs={...}, batch_format="pyarrow", ...)`).
 
 Which answer is read from a response (the rule that found it is `Verdict.rule`, the attempts' `answer_rule`):
-- the text after the last `</think>`; a `<think>` that is never closed means the reasoning was cut off: no answer;
+- the text after the last `</think>`, or gpt-oss's last harmony `final` channel (`common/reasoning.py`); a `<think>`
+  that is never closed, or harmony with no final channel, means the reasoning was cut off: no answer;
 - `boxed`: the last `\\boxed{}` (Math-Verify merges boxes a few characters apart joined by "," / "and" / "or"
   into one set of answers); else `marker`: an answer marker ("final answer is", "answer:", "the answer is",
   "#### 72");
@@ -55,6 +56,7 @@ from typing import Literal, get_args
 
 import pyarrow as pa
 
+from adaptcot.common.reasoning import split_reply
 from adaptcot.common.schemas import require_columns
 from adaptcot.pool.presets import CHOICE_LETTERS, last_boxed
 
@@ -187,14 +189,14 @@ def _answer_text(response: str | None) -> tuple[str | None, str]:
     """The part of the response that holds the final answer, or (None, why there is none)."""
     if response is None or not response.strip():
         return None, "empty response"
-    if "</think>" in response:
-        response = response.rsplit("</think>", 1)[1]
-    elif "<think>" in response:
-        return None, "reasoning cut off: <think> never closed"
+    reply = split_reply(response)
+    harmony = reply.format == "harmony"
+    if reply.cut_off:
+        return None, "reasoning cut off: " + ("no final channel" if harmony else "<think> never closed")
     # An escaped dollar is currency ("\$5"); left in, it hides the number from Math-Verify's patterns.
-    response = response.replace("\\$", "").strip()
+    response = reply.answer.replace("\\$", "").strip()
     if not response:
-        return None, "nothing after </think>"
+        return None, "nothing in the final channel" if harmony else "nothing after </think>"
     return response, ""
 
 
