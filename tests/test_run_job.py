@@ -42,12 +42,17 @@ def test_local_job_builds_models_imports_and_grades_and_reruns_add_nothing(tmp_p
     assert sum(grade["levels"].values()) == 38
     assert grade["code_isolation"] == "namespaces"  # what every code verdict ran under
     # Later stages: a sample from the student's bank, the teacher's CoTs (all verified), SFT records.
-    assert summary["stages"]["sample"]["drawn"] == 38  # 48 asked for, the bank holds 38: the report says so
+    # 48 asked for, the bank holds 38, of which the 12 the job evaluates on are never drawn: the report says so.
+    sampled = summary["stages"]["sample"]
+    assert sampled["drawn"] == 26 and sampled["excluded"]["benchmark"] == 12
     assert "fewer than" in first.stdout or "short" in first.stdout
     teach = summary["stages"]["teach"]
-    assert teach["requests"] == teach["stored"] == 76 and teach["kept"] + sum(teach["dropped"].values()) == 76
+    assert teach["requests"] == teach["stored"] == 52 and teach["kept"] + sum(teach["dropped"].values()) == 52
     samples = pq.read_table(run_dir / "samples" / "samples.parquet")
-    assert samples.num_rows == 38 and set(samples["level"].to_pylist()) <= set(grade["levels"])
+    assert samples.num_rows == 26 and set(samples["level"].to_pylist()) <= set(grade["levels"])
+    imported = read_pool(run_dir / "eval" / "benchmarks" / "synthetic-math")["question_id"].to_pylist()
+    evaluated = sorted(imported)[:12]  # the benchmark's `limit: 12`: its first 12 in question_id order
+    assert not set(evaluated) & set(samples["question_id"].to_pylist())
     assert (run_dir / "sft" / "sft_records.parquet").exists()
     # Random tiny models: no CoT is kept, so the job says training had nothing to train on (tests/test_sft_train.py
     # trains for real).

@@ -172,7 +172,7 @@ class SampleReport:
         return sum(self.quotas.values())
 
     def summary(self) -> dict:
-        return {"drawn": self.drawn, "quotas": self.quotas}
+        return {"drawn": self.drawn, "quotas": self.quotas, "excluded": self.excluded}
 
     def lines(self) -> list[str]:
         out = [f"student {self.student} (grader {self.grader_id}): drew {self.drawn} of {self.requested} questions "
