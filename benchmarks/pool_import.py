@@ -107,7 +107,8 @@ def main() -> None:
             imp = run("import", src, Path(tmp) / f"out_{n}")
             results[n] = imp
             problems += disagreements(n, base, imp, Path(tmp) / f"out_{n}")
-            print(f"{n:>9} rows  import: {imp['rows'] / imp['seconds']:>9.0f} rows/s  peak RSS {imp['peak_rss_mb']:7.1f} MB"
+            print(f"{n:>9} rows  import: {imp['rows'] / imp['seconds']:>9.0f} rows/s  "
+                  f"peak RSS {imp['peak_rss_mb']:7.1f} MB"
                   f"  (imported {imp['imported']}, duplicates {imp['duplicates']}, near duplicates "
                   f"{imp['near_duplicates']}, rejected {sum(imp['rejected'].values())})")
             print(f"{'':>9}       bare json parse: {base['rows'] / base['seconds']:>9.0f} rows/s  peak RSS "

@@ -12,6 +12,7 @@ Every step resumes: teacher journals never pay twice, finished training and eval
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 
 from adaptcot.common import storage, terminal
 from adaptcot.evaluate.compare import format_comparison, write_comparison
@@ -33,12 +34,12 @@ def side_config(cfg: JobConfig, name: str) -> JobConfig:
     })
 
 
+@dataclass
 class TraceStyleReport:
-    def __init__(self):
-        self.sides: dict[str, dict] = {}
-        self.joint_questions: int | None = None
-        self.comparison_lines: list[str] = []
-        self.page: str | None = None
+    sides: dict[str, dict] = field(default_factory=dict)  # teacher name -> CoTs, records, loss, metrics
+    joint_questions: int | None = None  # None: the joint filter is off
+    comparison_lines: list[str] = field(default_factory=list)
+    page: str | None = None
 
     def lines(self) -> list[str]:
         out = []
