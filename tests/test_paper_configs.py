@@ -2,7 +2,9 @@
 here with only its models, sources, endpoint, benchmark files, sizes and hardware replaced."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -133,7 +135,8 @@ def test_zte_runs_end_to_end_with_only_models_sources_endpoint_benchmarks_and_si
                *[a for key, value in replaced.items() for a in ("--set", f"{key}={value}")]]
         done = subprocess.run(cmd, capture_output=True, timeout=2400, cwd=ROOT)
     finally:
-        server.kill()
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its engine process (a session of their own)
+        server.wait()
     stdout, stderr = done.stdout.decode(), done.stderr.decode()
     assert done.returncode == 0, stderr[-3000:]
     assert "warning: train.max_seq_len" not in stdout + stderr  # the replaced sizes keep the limits consistent
