@@ -48,7 +48,14 @@ import pyarrow.parquet as pq
 from pydantic import model_validator
 
 from adaptcot.common import storage
-from adaptcot.common.schemas import SFT_RECORD_KINDS, SFT_RECORDS, SchemaError, require_columns, tests_to_json
+from adaptcot.common.schemas import (
+    LEVELS_EASIEST_FIRST,
+    SFT_RECORD_KINDS,
+    SFT_RECORDS,
+    SchemaError,
+    require_columns,
+    tests_to_json,
+)
 from adaptcot.common.settings import Strict
 from adaptcot.grade.answering import CODE_PROMPT, MATH_PROMPT, code_io_format
 from adaptcot.sft.answer_text import (
@@ -69,6 +76,7 @@ QUESTION_COLUMNS = ("question_id", "domain", "question", "tests", "starter_code"
 RATIONALE_PROMPT = "{prompt}\n\nReasoning:\n{rationale}\n\nGive the final answer."
 CAP_MARKER = "\n\n[... reasoning cut ...]"
 _WORD = re.compile(r"\S+")
+_LEVEL_RANK = {level.value: i for i, level in enumerate(LEVELS_EASIEST_FIRST)}  # report lines easiest first
 
 
 PROMPTS_KEY = b"adaptcot.sft_prompts"  # Parquet schema metadata of sft_records.parquet: the prompts, as JSON
@@ -171,7 +179,7 @@ class SFTReport:
             out.append(f"  CasCoD math rationales still stating the reference answer in their last {TAIL_LINES} "
                        f"lines: {self.rationale_states_answer} of {self.rationales_checked}")
         out += [f"  level {level}: " + ", ".join(f"{k} {n}" for k, n in kinds.items())
-                for level, kinds in sorted(self.by_level.items())]
+                for level, kinds in sorted(self.by_level.items(), key=lambda item: _LEVEL_RANK.get(item[0], 99))]
         return out
 
 
