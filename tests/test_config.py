@@ -47,6 +47,10 @@ def test_overrides_reach_nested_fields():
     ("grade.verify.concurrency=[0, 2]", "grade.verify.concurrency"),
     ("filter.concurrency=[2, 1]", "filter.concurrency"),
     ("tiny_models.out=s3://bucket/models", "tiny_models.out"),  # vLLM loads the tiny models from a local disk
+    ("grade.student.sampling.ignore_eoss=true", "sampling.ignore_eoss"),  # not a vLLM SamplingParams field
+    ("grade.student.sampling.seed=1", "sampling.seed"),  # the engine is seeded, not requests
+    ("grade.student.sampling.top_k=many", "sampling.top_k"),
+    ("grade.student.engine.extra={max_num_seqs: 1024}", "max_num_seqs"),  # more than batches in flight can fill
 ])
 def test_bad_values_fail_naming_the_field(override, field):
     with pytest.raises(ConfigError) as e:

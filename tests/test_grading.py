@@ -9,7 +9,7 @@ import pytest
 
 from adaptcot.demo.synthetic import math_rows, write_jsonl
 from adaptcot.demo.tiny_models import build_tiny_models
-from adaptcot.grade import bank, grading
+from adaptcot.grade import bank, grading, manifest
 from adaptcot.grade.answering import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig
 from adaptcot.grade.grading import GradeConfig
 from adaptcot.grade.levels import GraderConfig
@@ -81,14 +81,19 @@ def test_a_killed_run_resumes_with_only_the_missing_samples(world, ray_session):
     cfg = prm_config(world)
     if not bank_ids(world, cfg).to_pylist():
         grading.grade(cfg)
-    attempts_dir = Path(bank.partition_dir(world["bank"], "attempts", "tiny-student", cfg.grader_id()))
-    bank_dir = Path(bank.partition_dir(world["bank"], "bank", "tiny-student", cfg.grader_id()))
-    # A run killed after some attempts were written but before the bank rows: drop one attempts part and the bank.
-    part = sorted(attempts_dir.glob("part-*.parquet"))[0]
+    # A run killed after some batches were committed, before the bank rows: drop one committed attempts part (and
+    # its rows from the manifest) and every bank row, as if that batch and the finalize never happened.
+    root, student, gid = world["bank"], "tiny-student", cfg.grader_id()
+    current = manifest.read_manifest(root, student, gid)
+    part = current.files("attempts")[0]
     lost = pq.read_table(part).num_rows
-    part.unlink()
-    for p in bank_dir.glob("part-*.parquet"):
-        p.unlink()
+    rows = current.rows.filter(pa.compute.invert(pa.compute.or_(
+        pa.compute.is_in(current.rows["table"], pa.array(["bank", "ungradable"])),
+        pa.compute.equal(current.rows["file"], manifest.relative(root, part)))))
+    rows = rows.set_column(rows.schema.get_field_index("finalized"), "finalized", pa.array([False] * rows.num_rows))
+    for path in current.files("bank") + [part]:
+        Path(path).unlink()
+    manifest.fold(current, student, gid, rows)
     resumed = grading.grade(cfg)
     assert resumed.samples_todo == resumed.generated == lost
     ids = bank_ids(world, cfg).to_pylist()

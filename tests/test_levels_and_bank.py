@@ -11,9 +11,9 @@ from adaptcot.common import schemas
 from adaptcot.common.schemas import Level
 from adaptcot.grade import bank
 from adaptcot.grade.finalize import finalize_bank
-from adaptcot.grade.grading import select_todo
 from adaptcot.grade.levels import GraderConfig, level_for
 from adaptcot.grade.prm import aggregate, prm_conversation, split_steps
+from adaptcot.grade.todo import select_todo
 from adaptcot.job.cli import main as cli
 
 PRM = GraderConfig()  # thresholds 0.8, 0.6, 0.4, 0.2; easy from pass rate 0.5
@@ -99,11 +99,11 @@ def test_finalize_grades_only_complete_questions_and_never_twice(tmp_path, ray_s
                           {"question_id": "q2", "sample_index": 0, "correct": False},
                           {"question_id": "q2", "sample_index": 1, "correct": False},
                           {"question_id": "q3", "sample_index": 0, "correct": False}])  # sample 1 missing
-    bank.write_part(attempts, bank.partition_dir(root, "attempts", "s", "g"), schemas.ATTEMPTS)
+    bank.add_rows(root, "attempts", "s", "g", attempts)
     scores = pa.table({"question_id": ["q1", "q2", "q2"], "student": ["s"] * 3, "sample_index": pa.array([1, 0, 1],
                       pa.int32()), "prm": ["p"] * 3, "step_scores": [[0.5], [0.3], [0.5]],
                        "prm_score": pa.array([0.5, 0.3, 0.5], pa.float32()), "prm_error": pa.nulls(3, pa.string())})
-    bank.write_part(scores, bank.partition_dir(root, "step_scores", "s", "g"), schemas.STEP_SCORES)
+    bank.add_rows(root, "step_scores", "s", "g", scores)
     assert finalize_bank(str(root), "s", "g", 2, PRM) == (2, 0)
     rows = {r["question_id"]: r for r in bank.read_partition(root, "bank", "s", "g").to_pylist()}
     assert set(rows) == {"q1", "q2"}
@@ -118,13 +118,13 @@ def test_a_partition_too_big_for_one_process_is_finalized_on_ray_to_the_same_ban
             for i in range(40) for k in range(2 if i % 5 else 1)]  # every 5th question misses a sample
     scores = [r for r in rows if r["correct"] is False]
     for root in (tmp_path / "here", tmp_path / "ray"):
-        bank.write_part(_attempts(rows), bank.partition_dir(root, "attempts", "s", "g"), schemas.ATTEMPTS)
-        bank.write_part(pa.table({"question_id": [r["question_id"] for r in scores], "student": ["s"] * len(scores),
-                                  "sample_index": pa.array([r["sample_index"] for r in scores], pa.int32()),
-                                  "prm": ["p"] * len(scores), "step_scores": [[0.1 * (i % 10)] for i in range(len(scores))],
-                                  "prm_score": pa.array([0.1 * (i % 10) for i in range(len(scores))], pa.float32()),
-                                  "prm_error": pa.nulls(len(scores), pa.string())}),
-                        bank.partition_dir(root, "step_scores", "s", "g"), schemas.STEP_SCORES)
+        bank.add_rows(root, "attempts", "s", "g", _attempts(rows))
+        bank.add_rows(root, "step_scores", "s", "g", pa.table({
+            "question_id": [r["question_id"] for r in scores], "student": ["s"] * len(scores),
+            "sample_index": pa.array([r["sample_index"] for r in scores], pa.int32()), "prm": ["p"] * len(scores),
+            "step_scores": [[0.1 * (i % 10)] for i in range(len(scores))],
+            "prm_score": pa.array([0.1 * (i % 10) for i in range(len(scores))], pa.float32()),
+            "prm_error": pa.nulls(len(scores), pa.string())}))
     here = finalize_bank(str(tmp_path / "here"), "s", "g", 2, PRM)
     on_ray = finalize_bank(str(tmp_path / "ray"), "s", "g", 2, PRM, in_process_max_rows=0)
     assert here == on_ray and here[0] > 0 and here[1] > 0  # graded and ungradable ones, alike
@@ -139,8 +139,7 @@ def test_reading_one_student_reads_only_its_partition(tmp_path):
     root = tmp_path / "bank"
     row = {"question_id": "q", "domain": "math", "student": "org/model-a", "grader_id": "g", "level": "easy",
            "difficulty_rank": 0, "pass_rate": 1.0, "num_samples": 1, "prm_score": None, "attempts_ref": "x"}
-    bank.write_part(pa.Table.from_pylist([row], schemas.BANK), bank.partition_dir(root, "bank", "org/model-a", "g"),
-                    schemas.BANK)
+    bank.add_rows(root, "bank", "org/model-a", "g", pa.Table.from_pylist([row], schemas.BANK))
     other = Path(bank.partition_dir(root, "bank", "org/model-b", "g"))
     other.mkdir(parents=True)
     (other / "part-broken.parquet").write_bytes(b"not parquet at all")
@@ -170,7 +169,7 @@ def test_bank_summary_and_compare_commands(tmp_path, capsys):
     a = [Level.EASY, Level.EASY, Level.WRONG_MID, Level.WRONG_HARDEST]
     b = [Level.EASY, Level.WRONG_NEAR, Level.WRONG_HARDEST, Level.WRONG_HARDEST]
     for name, levels in (("small-7b", a), ("big-32b", b)):
-        bank.write_part(_bank_rows(name, levels), bank.partition_dir(root, "bank", name, "g"), schemas.BANK)
+        bank.add_rows(root, "bank", name, "g", _bank_rows(name, levels))
     assert cli(["bank", "summary", str(root), "--json"]) == 0
     summary = {r["student"]: r for r in json.loads(capsys.readouterr().out)}
     assert summary["small-7b"]["levels"]["easy"] == 2 and summary["big-32b"]["levels"]["wrong_hardest"] == 2
@@ -182,3 +181,44 @@ def test_bank_summary_and_compare_commands(tmp_path, capsys):
     assert "small-7b" in capsys.readouterr().out
     assert cli(["bank", "compare", str(root), "small-7b", "nobody"]) == 2
     assert "no bank partitions for 'nobody'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("grader", [PRM, GraderConfig(mode="pass_rate", easy_min_pass_rate=0.6,
+                                                      thresholds=(0.5, 0.4, 0.2, 0.1))])
+def test_vectorised_levels_equal_the_rule_row_by_row(grader):
+    import numpy as np
+
+    from adaptcot.grade.levels import QUESTION_STATS, level_for, level_rows
+
+    rng = np.random.default_rng(1)
+    decided = rng.integers(0, 5, 400)
+    right = np.minimum(rng.integers(0, 5, 400), decided)
+    scores = [None if rng.random() < 0.1 else float(s) for s in rng.choice([0.0, 0.2, 0.4, 0.6, 0.8, 0.35, 1.0], 400)]
+    stats = pa.table({"question_id": [f"q{i}" for i in range(400)], "domain": ["math"] * 400, "samples": decided,
+                      "decided": decided, "right": right, "prm_score": scores}, schema=QUESTION_STATS)
+    rows, ungradable = level_rows(stats, grader, "s", "g", "ref")
+    got = dict(zip(rows["question_id"].to_pylist(), rows["level"].to_pylist()))
+    for q in stats.to_pylist():
+        level = level_for(q["right"] / q["decided"] if q["decided"] else None, q["prm_score"], grader)
+        assert got.get(q["question_id"]) == (level.value if level else None), q
+    assert len(got) + len(ungradable) == 400 and 0 < len(ungradable) < 400
+
+
+def test_a_bucket_with_more_samples_than_a_block_is_cut_into_slices_that_cover_it_once(tmp_path):
+    from adaptcot.grade import manifest, todo
+    from adaptcot.pool.layout import add_pool_rows, files_by_bucket, rows_by_bucket
+
+    rows = [{"question_id": f"{i:032x}", "domain": "math", "question": f"Q{i}", "reference_answer": "1",
+             "source": "t", "source_row": i} for i in range(300)]
+    add_pool_rows(tmp_path / "pool", pa.Table.from_pylist(rows, schema=schemas.POOL))
+    bank.add_rows(tmp_path / "bank", "attempts", "s", "g", _attempts(
+        [{"question_id": f"{i:032x}", "sample_index": 0, "correct": True} for i in range(0, 300, 3)]))
+    stored = manifest.read_manifest(str(tmp_path / "bank"), "s", "g")
+    groups, left = todo.todo_groups(files_by_bucket(tmp_path / "pool"), rows_by_bucket(tmp_path / "pool"), stored,
+                                    n=4, block_rows=256)
+    assert left == 300 * 4 - 100
+    assert any("slice" in next(iter(g.values())) for g in groups)  # 1100 samples in one bucket: cut
+    out = pa.concat_tables([todo.todo_of_buckets(g, 4) for g in groups])
+    keys = out["sample_key"].to_pylist()
+    assert len(keys) == len(set(keys)) == left
+    assert all(t.num_rows <= 256 + 4 for t in (todo.todo_of_buckets(g, 4) for g in groups))  # about a block

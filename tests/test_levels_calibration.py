@@ -9,14 +9,14 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from adaptcot.common import schemas
 from adaptcot.common.schemas import Level
 from adaptcot.common.text import normalise_text, question_id
 from adaptcot.grade import bank, calibration
 from adaptcot.grade.finalize import finalize_bank
-from adaptcot.grade.grading import GradeConfig, in_share
+from adaptcot.grade.grading import GradeConfig
 from adaptcot.grade.levels import GraderConfig, level_for, level_warnings
 from adaptcot.grade.prm import PRMConfig, aggregate, fitting_prefix, prm_input
+from adaptcot.grade.todo import in_share
 from adaptcot.pool.importer import PoolImportConfig, import_pool
 from adaptcot.sample.distributions import DistributionConfig, DistributionError, curriculum_distribution
 from adaptcot.sample.draw import check_eval_set_overlap
@@ -82,8 +82,8 @@ def _write_answers(root, student, gid, scores, correct_too=0):
     step = pa.table({"question_id": qids[:len(scores)], "student": [student] * len(scores),
                      "sample_index": pa.array([0] * len(scores), pa.int32()), "prm": ["prm"] * len(scores),
                      "prm_score": pa.array(scores, pa.float32())})
-    bank.write_part(step, bank.partition_dir(root, "step_scores", student, gid), schemas.STEP_SCORES, "part-a.parquet")
-    bank.write_part(attempts, bank.partition_dir(root, "attempts", student, gid), schemas.ATTEMPTS, "part-a.parquet")
+    bank.add_rows(root, "step_scores", student, gid, step)
+    bank.add_rows(root, "attempts", student, gid, attempts)
 
 
 def _save_grader(root, gid, sid):

@@ -294,7 +294,7 @@ def test_errors_name_the_missing_file_the_unknown_preset_and_the_bad_column(tmp_
 
 def test_pool_files_carry_the_schema_and_its_version(tmp_path):
     run_import(tmp_path, [GSM8K_ROW], "math", "gsm8k")
-    path = next((tmp_path / "pool" / "pool").glob("*.parquet"))
+    path = next((tmp_path / "pool" / "pool").rglob("*.parquet"))
     assert schemas.schema_of(pq.read_schema(path)) == ("pool", schemas.SCHEMA_VERSION)
 
 
@@ -458,7 +458,7 @@ def test_hub_data_files_are_read_through_datasets_like_a_local_glob(tmp_path):
 
 def test_a_pool_written_before_the_category_column_still_reads(tmp_path):
     run_import(tmp_path, [GSM8K_ROW], "math", "gsm8k")
-    path = next((tmp_path / "pool" / "pool").glob("*.parquet"))
+    path = next((tmp_path / "pool" / "pool").rglob("*.parquet"))
     pq.write_table(pq.read_table(path).drop_columns(["category"]), path)  # as schema version 2 wrote it
     report, pool, _ = run_import(tmp_path, [GSM8K_ROW, {"question": "New one?", "answer": "#### 9"}], "math", "gsm8k")
     assert (report.imported, report.already_in_pool) == (1, 1)

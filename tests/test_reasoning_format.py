@@ -146,10 +146,31 @@ def test_special_tokens_are_kept_for_harmony_models(model, name, fmt, harmony):
     assert ("reasoning_format" in cfg.answering_key()) is harmony  # other models keep their grader ids
 
 
-def test_a_harmony_model_is_answered_through_ray_data_llm_with_its_detokenize_stage_off(tiny_models_dir, ray_session,
-                                                                                      tmp_path):
-    """The path gpt-oss takes (special tokens kept, ray.data.llm's re-decoding stage off) still returns the engine's
-    own text and token counts: here with the tiny student under a gpt-oss name."""
+def test_vllm_sampling_fields_reach_the_requests_and_leave_other_configs_keys_alone():
+    cfg = StudentConfig(model="Qwen/Qwen3-0.6B", sampling={"max_tokens": 64, "ignore_eos": True, "stop": ["END"],
+                                                           "top_k": "20"})
+    params = sampling_params(cfg)
+    assert (params["ignore_eos"], params["stop"], params["top_k"], params["max_tokens"]) == (True, ["END"], 20, 64)
+    plain = StudentConfig(model="Qwen/Qwen3-0.6B")
+    assert plain.answering_key()["sampling"] == {"n": 1, "temperature": 0.6, "top_p": 0.95, "max_tokens": 2048}
+    assert cfg.answering_key()["sampling"]["ignore_eos"] is True  # a set field is part of the grader id
+    for bad, named in (({"ignore_eoss": True}, "sampling.ignore_eoss"), ({"seed": 3}, "sampling.seed"),
+                       ({"skip_special_tokens": False}, "reasoning_format"), ({"min_p": "x"}, "sampling.min_p")):
+        with pytest.raises(ValueError, match=named):
+            StudentConfig(model="m", sampling=bad)
+
+
+def test_vllm_sampling_fields_are_vllm_sampling_params_fields():
+    from vllm.sampling_params import SamplingParams
+
+    from adaptcot.grade.answering import MANAGED_SAMPLING, VLLM_SAMPLING
+    assert set(VLLM_SAMPLING) | set(MANAGED_SAMPLING) <= set(SamplingParams.__struct_fields__)
+
+
+def test_a_harmony_model_is_answered_through_ray_data_llm_with_the_engines_own_text(tiny_models_dir, ray_session,
+                                                                                  tmp_path):
+    """The path gpt-oss takes (special tokens kept by the engine's own detokenizing: the processor has no stage that
+    re-decodes) returns the engine's text and token counts: here with the tiny student under a gpt-oss name."""
     import shutil
 
     import ray
@@ -158,12 +179,15 @@ def test_a_harmony_model_is_answered_through_ray_data_llm_with_its_detokenize_st
 
     model = tmp_path / "tiny-gpt-oss"
     shutil.copytree(tiny_models_dir["student"], model)
-    cfg = StudentConfig(model=str(model), sampling={"n": 1, "temperature": 0.0, "max_tokens": 12},
+    # ignore_eos (a vLLM sampling field) makes every answer its max_tokens long; q0's own request asks for 5
+    cfg = StudentConfig(model=str(model), sampling={"n": 1, "temperature": 0.0, "max_tokens": 12, "ignore_eos": True},
                         engine={"max_model_len": 512, "dtype": "float32", "enforce_eager": True},
                         resources={"cpus_per_engine": 0.5, "cpus_per_light_stage": 0.1})
     assert writes_harmony(cfg)
     rows = [{**dict.fromkeys(CARRIED), "question_id": f"q{i}", "domain": "math", "question": f"What is {i} + 1?",
              "sample_index": 0} for i in range(3)]
-    out = answer_processor(cfg)(ray.data.from_items(rows)).take_all()
+    out = answer_processor(cfg, row_sampling=lambda row: {"max_tokens": 5} if row["question_id"] == "q0" else {})(
+        ray.data.from_items(rows)).take_all()
     assert sorted(r["question_id"] for r in out) == ["q0", "q1", "q2"]
-    assert all(r["response"] and 0 < r["num_tokens"] <= 12 for r in out)
+    assert all(r["response"] and r["finish_reason"] == "length" and not r["__inference_error__"] for r in out)
+    assert {r["question_id"]: r["num_tokens"] for r in out} == {"q0": 5, "q1": 12, "q2": 12}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from adaptcot.common.schemas import BANK, LEVELS_EASIEST_FIRST, STEP_SCORES
+from adaptcot.common.schemas import BANK, LEVELS_EASIEST_FIRST
 from adaptcot.evaluate.report import FIGURES, write_report
 from adaptcot.evaluate.report_levels import eval_level_shares
 from adaptcot.grade import bank
@@ -40,13 +40,12 @@ def make_run(run):
         rows = [{"question_id": f"q{i}", "domain": "math", "student": student, "grader_id": "g1",
                  "level": levels[i % 6], "difficulty_rank": i % 6, "pass_rate": 0.5, "num_samples": 4,
                  "prm_score": None, "attempts_ref": None} for i in range(n)]
-        bank.write_part(pa.Table.from_pylist(rows, schema=BANK), bank.partition_dir(run / "bank", "bank", student, "g1"),
-                        BANK)
+        bank.add_rows(run / "bank", "bank", student, "g1", pa.Table.from_pylist(rows, schema=BANK))
     # The PRM scores of student-a's wrong answers, cut at points calibrated for its scorer.
     scores = pa.table({"question_id": [f"q{i}" for i in range(25)], "student": ["student-a"] * 25,
                        "sample_index": pa.array([0] * 25, pa.int32()), "prm": ["prm"] * 25,
                        "prm_score": pa.array([i / 25 for i in range(25)], pa.float32())})
-    bank.write_part(scores, bank.partition_dir(run / "bank", "step_scores", "student-a", "g1"), STEP_SCORES)
+    bank.add_rows(run / "bank", "step_scores", "student-a", "g1", scores)
     bank.save_grader(run / "bank", "g1", {"grader": {"mode": "prm", "thresholds": "calibrated"}, "scorer_id": "s1"})
     (run / "bank" / "graders" / "cut_points-s1.json").write_text(json.dumps({"cut_points": [0.7, 0.5, 0.3, 0.1]}))
     (run / "samples").mkdir()
@@ -120,12 +119,11 @@ def test_report_warns_when_wrong_levels_collapse_and_when_p_eval_overlaps_a_benc
     rows = [{"question_id": f"c{i}", "domain": "math", "student": "student-c", "grader_id": "g2",
              "level": "wrong_hardest" if i < 40 else "wrong_hard", "difficulty_rank": 5, "pass_rate": 0.0,
              "num_samples": 1, "prm_score": 0.01, "attempts_ref": None} for i in range(45)]
-    bank.write_part(pa.Table.from_pylist(rows, schema=BANK), bank.partition_dir(run / "bank", "bank", "student-c", "g2"),
-                    BANK)
+    bank.add_rows(run / "bank", "bank", "student-c", "g2", pa.Table.from_pylist(rows, schema=BANK))
     scores = pa.table({"question_id": [r["question_id"] for r in rows], "student": ["student-c"] * 45,
                        "sample_index": pa.array([0] * 45, pa.int32()), "prm": ["prm"] * 45,
                        "prm_score": pa.array([0.01] * 45, pa.float32())})
-    bank.write_part(scores, bank.partition_dir(run / "bank", "step_scores", "student-c", "g2"), STEP_SCORES)
+    bank.add_rows(run / "bank", "step_scores", "student-c", "g2", scores)
     (run / "samples" / "distribution.json").write_text(json.dumps(
         {"kind": "eval", "weights": {lv.value: 1 / 6 for lv in LEVELS_EASIEST_FIRST},
          "provenance": {"graded_eval_questions": 30, "benchmark_overlap": {"questions": 7, "of": 30,

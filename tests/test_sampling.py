@@ -12,8 +12,16 @@ from adaptcot.common import schemas
 from adaptcot.common.schemas import Level
 from adaptcot.common.text import normalise_text, question_id
 from adaptcot.grade import bank
-from adaptcot.sample.distributions import (LEVEL_NAMES, DistributionConfig, DistributionError, curriculum_distribution,
-                                           eval_distribution, load_distribution, save_distribution)
+from adaptcot.pool.layout import add_pool_rows
+from adaptcot.sample.distributions import (
+    LEVEL_NAMES,
+    DistributionConfig,
+    DistributionError,
+    curriculum_distribution,
+    eval_distribution,
+    load_distribution,
+    save_distribution,
+)
 from adaptcot.sample.draw import SampleConfig, allocate, draw, sample
 from adaptcot.sample.exclusions import exclusion_ids, ngram_overlap, order_key
 
@@ -33,7 +41,7 @@ SHORT_INSIDE = "How many clips did Natalia sell?"  # 6 words, every one of them 
 
 
 # --- helpers: a pool and a bank partition on disk -----------------------------------------------------------------
-def write_pool(pool_dir, questions: list[tuple[str, str]], name="part-0.parquet") -> list[str]:
+def write_pool(pool_dir, questions: list[tuple[str, str]], name=None) -> list[str]:
     """Pool rows for (domain, text) pairs; returns their question ids."""
     rows = []
     for i, (domain, text) in enumerate(questions):
@@ -41,8 +49,7 @@ def write_pool(pool_dir, questions: list[tuple[str, str]], name="part-0.parquet"
                      "reference_answer": str(i) if domain == "math" else None,
                      "tests": CODE_TESTS if domain == "code" else None, "starter_code": None,
                      "source": "test", "source_row": i})
-    (pool_dir / "pool").mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schemas.POOL), pool_dir / "pool" / name)
+    add_pool_rows(pool_dir, pa.Table.from_pylist(rows, schema=schemas.POOL))
     return [r["question_id"] for r in rows]
 
 
@@ -51,8 +58,7 @@ def write_bank(root, graded: dict[str, str], domain="math", student=STUDENT) -> 
     rows = [{"question_id": q, "domain": domain, "student": student, "grader_id": GID, "level": lv,
              "difficulty_rank": Level(lv).rank, "pass_rate": 1.0 if lv == "easy" else 0.0, "num_samples": 1,
              "prm_score": None, "attempts_ref": "x"} for q, lv in graded.items()]
-    bank.write_part(pa.Table.from_pylist(rows, schema=schemas.BANK), bank.partition_dir(root, "bank", student, GID),
-                    schemas.BANK)
+    bank.add_rows(root, "bank", student, GID, pa.Table.from_pylist(rows, schema=schemas.BANK))
 
 
 def math_pool_and_bank(tmp_path, per_level: dict[str, int], prefix="q") -> dict[str, list[str]]:

@@ -71,8 +71,7 @@ def test_a_pool_and_a_bank_live_in_a_bucket(bucket, tmp_path):
     rows = [{"question_id": q, "domain": "math", "student": "org/s", "grader_id": "g", "level": "easy",
              "difficulty_rank": 0, "pass_rate": 1.0, "num_samples": 1, "prm_score": None, "attempts_ref": None}
             for q in pool["question_id"].to_pylist()]
-    bank.write_part(pa.Table.from_pylist(rows, schemas.BANK), bank.partition_dir(f"{bucket}/bank", "bank", "org/s", "g"),
-                    schemas.BANK)
+    bank.add_rows(f"{bucket}/bank", "bank", "org/s", "g", pa.Table.from_pylist(rows, schemas.BANK))
     assert bank.summary(f"{bucket}/bank") == [{"student": "org/s", "grader_id": "g", "questions": 5,
                                               "levels": {lv.value: 5 if lv.value == "easy" else 0
                                                          for lv in schemas.LEVELS_EASIEST_FIRST},

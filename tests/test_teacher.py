@@ -167,3 +167,16 @@ def test_the_llm_judge_asks_the_endpoint_once_per_prompt(teacher_server):
     replies = judge(["Is 1/2 equal to 0.5? Answer YES or NO.", "Is 2 equal to 3? Answer YES or NO."])
     assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
     assert len(proxy.answered) == 2
+
+
+def test_a_second_teacher_run_on_the_same_output_stops_before_any_request(tmp_path):
+    from adaptcot.common.lease import Lease, LeaseHeld
+    from adaptcot.teach.teacher import teach
+
+    out = tmp_path / "teach"
+    pq.write_table(samples_table(2), tmp_path / "samples.parquet")
+    cfg = teacher("http://127.0.0.1:9/v1", "m")  # nothing listens: a request would fail, not hang
+    with Lease(str(out / "leases"), "the first run"):
+        with pytest.raises(LeaseHeld, match="is being written by another run"):
+            teach(tmp_path / "samples.parquet", cfg, out)
+    assert not (out / "journal").exists()  # nothing was requested or written

@@ -1,5 +1,7 @@
 """Process-wide knobs, set once and visibly by entrypoints: the vLLM-on-CPU environment, Ray Data's context, Ray's
-start-up (`init_ray`), and reading a Ray dataset back block by block with a progress bar (`collect_blocks`)."""
+start-up (`init_ray`), a table as a Ray dataset of enough blocks for a pool of actors (`dataset_in_blocks`), reading
+a Ray dataset back block by block with a progress bar (`collect_blocks`), and running one function over groups of
+question buckets here or as Ray tasks (`run_groups`)."""
 
 from __future__ import annotations
 
@@ -63,6 +65,17 @@ def init_ray(ray_cfg, progress_bars: bool = True) -> str | None:
     return context.address_info.get("session_dir")
 
 
+def dataset_in_blocks(table, workers: int, max_rows: int | None = None):
+    """`table` (pyarrow) as a Ray dataset of at least `workers` blocks (as the rows allow) of at most `max_rows` rows.
+    Ray Data gives a block to one task: a dataset of one block is worked on by one actor, whatever its pool's size,
+    and stays one block through the map stages after it."""
+    import ray
+
+    per_block = max(1, -(-table.num_rows // max(1, workers)))
+    per_block = min(per_block, max_rows) if max_rows else per_block
+    return ray.data.from_arrow([table.slice(i, per_block) for i in range(0, table.num_rows, per_block)] or [table])
+
+
 def collect_blocks(dataset, total: int, desc: str, unit: str) -> list:
     """Every block of a Ray dataset as a pyarrow table, taken as each finishes, with a progress bar of `total` rows
     (the bar counts rows of the blocks, so give `total` in the dataset's rows)."""
@@ -74,3 +87,14 @@ def collect_blocks(dataset, total: int, desc: str, unit: str) -> list:
             tables.append(table)
             progress.update(table.num_rows)
     return tables
+
+
+def run_groups(fn, payloads: list[dict], on_ray: bool, num_cpus: float = 0.5, **common) -> list:
+    """`fn(**common, **payload)` for every payload: here, one after the other, or as Ray tasks (Ray must be up)."""
+    if not on_ray:
+        return [fn(**common, **p) for p in payloads]
+    import ray
+
+    task = ray.remote(num_cpus=num_cpus, max_retries=3)(fn)
+    shared = {k: ray.put(v) for k, v in common.items()}
+    return ray.get([task.remote(**shared, **p) for p in payloads])

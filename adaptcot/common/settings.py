@@ -22,3 +22,8 @@ def _pool_size(value: int | tuple[int, int]) -> int | tuple[int, int]:
 # A fixed number of actors, or [min, max]: Ray Data starts `min` and adds actors up to `max` as the cluster grows
 # and the queue backs up (the autoscaler adds nodes when the pending actors ask for them).
 ActorPoolSize = Annotated[int | tuple[int, int], AfterValidator(_pool_size)]
+
+
+def pool_max(size: int | tuple[int, int]) -> int:
+    """The most actors an `ActorPoolSize` runs."""
+    return size if isinstance(size, int) else size[1]

@@ -6,10 +6,12 @@ the same with `run_dir: runs/local` and `run_dir: s3://bucket/runs/r1`. Paths st
 them (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, `GOOGLE_APPLICATION_CREDENTIALS`, ...), or from URI query options
 pyarrow understands (`s3://bucket/x?region=eu-west-1`).
 
-Writes are whole-file: `write_bytes` and `write_table` publish a file only once it is complete (a temporary name
-and a rename on a local disk; on an object store, a local temporary file uploaded when complete: readers never see
-an object half-done). There is no append on object stores: callers that journal (the teacher) write numbered chunk
-files instead.
+Writes are whole-file: `write_bytes` and `write_table` publish a file only once it is complete (a temporary name,
+fsynced, and a rename on a local disk, its directory fsynced after; on an object store, a local temporary file
+uploaded when complete: readers never see an object half-done, and a power cut never leaves a renamed empty file).
+`create_exclusive` creates a file only if it does not exist (a hard link locally; a conditional PUT on S3), the one
+primitive leases (`lease.py`) are built on. There is no append on object stores: callers that journal (the
+teacher) write numbered chunk files instead.
 """
 
 from __future__ import annotations
@@ -164,13 +166,76 @@ def _publish(path: str, write) -> None:
             os.unlink(tmp)
         return
     fs.create_dir(posixpath.dirname(inner), recursive=True)
-    tmp = posixpath.join(posixpath.dirname(inner), f".{posixpath.basename(inner)}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = _local_tmp(inner)
     try:
         write(fs, tmp)
+        _fsync(tmp)
         os.replace(tmp, inner)
+        _fsync(posixpath.dirname(inner))  # the rename itself survives a crash only once the directory is synced
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _local_tmp(inner: str) -> str:
+    return posixpath.join(posixpath.dirname(inner), f".{posixpath.basename(inner)}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ExclusiveCreateUnsupported(RuntimeError):
+    """This store cannot create a file only-if-absent: a lease cannot be had there (fail closed)."""
+
+
+def create_exclusive(path: str, data: bytes) -> bool:
+    """Create `path` holding `data` if no file is there: True if this call created it, False if one existed.
+    Local disks: a complete temporary file hard-linked to the name (link() fails if the name exists, and a reader
+    never sees the file half-written). S3 (and S3-compatible stores): `put_object(IfNoneMatch="*")`. Other stores
+    raise `ExclusiveCreateUnsupported`."""
+    if not is_remote(path):
+        fs, inner = resolve(path)
+        fs.create_dir(posixpath.dirname(inner), recursive=True)
+        tmp = _local_tmp(inner)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, inner)
+            _fsync(posixpath.dirname(inner))
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    if scheme(path) != "s3":
+        raise ExclusiveCreateUnsupported(
+            f"{path}: adaptcot can take a lease only on a local disk or S3 (conditional PUT); put the bank or output "
+            "on one of those")
+    return _s3_put_if_absent(path, data)
+
+
+def _s3_put_if_absent(path: str, data: bytes) -> bool:
+    try:
+        import boto3
+        from botocore.exceptions import ClientError
+    except ImportError as e:
+        raise ExclusiveCreateUnsupported(f"{path}: a lease on S3 needs boto3 (pip install boto3)") from e
+    parts = urlsplit(str(path))
+    try:
+        boto3.client("s3").put_object(Bucket=parts.netloc, Key=parts.path.lstrip("/"), Body=data, IfNoneMatch="*")
+        return True
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -250,11 +315,6 @@ def row_count(files: list[str]) -> int:
         with fs.open_input_file(inner) as f:
             total += pq.ParquetFile(f).metadata.num_rows
     return total
-
-
-def hash_partitions(files: list[str], rows_per_partition: int = 250_000) -> int:
-    """Hash partitions for a distributed join or group-by over these Parquet files: about 250k rows each."""
-    return max(1, min(256, row_count(files) // rows_per_partition + 1))
 
 
 def upload_tree(local_dir: str | Path, path: str) -> None:

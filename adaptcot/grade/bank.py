@@ -1,22 +1,21 @@
 """The question bank: difficulty levels of many students over one pool, with their attempts kept beside it.
 
-Layout under a bank root (Hive-style partitions, one directory per student and grader config):
+One partition per student and grader config (its layout, commits and manifest: `manifest.py`):
 
-    bank/student=<slug>/grader=<grader_id>/part-*.parquet         one row per question (schema BANK)
-    attempts/student=<slug>/grader=<grader_id>/part-*.parquet     one row per sample (schema ATTEMPTS)
-    step_scores/student=<slug>/grader=<grader_id>/part-*.parquet  PRM scores of wrong samples (schema STEP_SCORES)
-    graders/<grader_id>.json                                      the config that produced a grader id
+    bank/student=<slug>/grader=<gid>/bucket=<key>/part-*.parquet         one row per question (schema BANK)
+    attempts/student=<slug>/grader=<gid>/bucket=<key>/part-*.parquet     one row per sample (schema ATTEMPTS)
+    step_scores/student=<slug>/grader=<gid>/bucket=<key>/part-*.parquet  PRM scores of wrong samples (STEP_SCORES)
+    manifests/student=<slug>/grader=<gid>/                               what is committed, with row counts
+    graders/<grader_id>.json                                             the config that produced a grader id
 
-Every part file is published whole (`storage`: a temporary name and a rename on disk, one PUT on an object store),
-so a killed run leaves whole files only. The root is a local directory or a URI (s3://, gs://). Reading one
-student's grades opens only its partition directory. `summary` and `compare` are the `adaptcot bank` commands.
+Every part file is published whole (`storage`) and counts only once a commit record names it, so a killed run leaves
+no half-stored batch. The root is a local directory or a URI (s3://, gs://). Reading one student's grades opens only
+its partition's manifest and the files it names. `summary` and `compare` are the `adaptcot bank` commands.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -24,64 +23,60 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from adaptcot.common import schemas, storage
+from adaptcot.common.buckets import bits_for, bucket_keys
+from adaptcot.common.lease import Lease
 from adaptcot.common.schemas import LEVELS_EASIEST_FIRST
+from adaptcot.grade import manifest
+from adaptcot.grade.manifest import TABLES
 
-TABLES = {"bank": schemas.BANK, "attempts": schemas.ATTEMPTS, "step_scores": schemas.STEP_SCORES}
-# A partition of up to this many rows is checked, finalized and drawn from in one process; a larger one on Ray Data
-# (Ray Data's joins and group-bys cost ~10 s of start-up; one process cannot hold tens of millions of rows).
+# A partition of up to this many rows is finalized, listed and drawn from in this process; a larger one in Ray
+# tasks, a group of question buckets each (Ray's start-up is not worth it below).
 IN_PROCESS_MAX_ROWS = 1_000_000
 
 
 def student_slug(name: str) -> str:
     """A partition-safe name: `Qwen/Qwen2.5-7B-Instruct` -> `Qwen--Qwen2.5-7B-Instruct`."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("/", "--")).strip("-") or "student"
+    return manifest.slug(name)
 
 
 def partition_dir(root: str | Path, table: str, student: str, gid: str) -> str:
-    return storage.join(str(root), table, f"student={student_slug(student)}", f"grader={gid}")
+    return manifest.partition_path(str(root), table, student, gid)
 
 
-def write_part(table: pa.Table, directory: str | Path, schema: pa.Schema, name: str | None = None) -> str | None:
-    """Write one part file, published whole; None for an empty table."""
-    if table.num_rows == 0:
-        return None
-    final = storage.join(str(directory), name or f"part-{uuid.uuid4().hex}.parquet")
-    for f in schema:  # a column added to the schema since a writer was written stays null (never a required one)
-        if f.nullable and f.name not in table.column_names:
-            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
-    storage.write_table(table.select(schema.names).cast(schema), final)
-    return final
+def add_rows(root: str | Path, table: str, student: str, gid: str, rows: pa.Table) -> pa.Table:
+    """Store and commit rows of one table of a partition (`manifest.commit`); the manifest rows written. A new
+    bank is laid out for about as many questions as `rows` holds (tests, tools; `adaptcot grade` sizes it by its
+    pool)."""
+    manifest.check_layout(str(root), create=True, bits=bits_for(rows.num_rows))
+    return manifest.commit(str(root), student, gid, {table: rows})
 
 
 def part_files(root: str | Path, table: str, student: str, gid: str) -> list[str]:
-    return storage.list_files(partition_dir(root, table, student, gid), "part-*.parquet")
+    """The committed part files of one table of a partition, from its manifest (nothing is listed)."""
+    return manifest.read_manifest(str(root), student, gid).files(table)
 
 
 def read_partition(root: str | Path, table: str, student: str, gid: str,
                    columns: list[str] | None = None) -> pa.Table:
-    """One student's rows of one table, reading only that partition's files."""
+    """One student's rows of one table, each key once (`manifest.unique_rows`), reading only that partition."""
     files, schema = part_files(root, table, student, gid), TABLES[table]
+    keys = manifest.KEYS[table]
     if not files:
         empty = schema.empty_table()
         return empty.select(columns) if columns else empty
-    return storage.dataset(files, schema).to_table(columns=columns)
+    wanted = None if columns is None else list(dict.fromkeys(keys + columns))
+    rows = manifest.unique_rows(storage.dataset(files, schema).to_table(columns=wanted), keys)
+    return rows.select(columns) if columns else rows
+
+
+def lease(root: str | Path, student: str, gid: str) -> Lease:
+    """The lease a grader holds while it writes this partition (`common/lease.py`)."""
+    return Lease(partition_dir(root, "leases", student, gid), f"bank partition {student} (grader {gid})")
 
 
 def remove_uncommitted(root: str | Path, student: str, gid: str) -> int:
-    """Delete what a killed run left half-done: temporary files (local disks only: an object store never shows
-    half-written objects), and step-score parts whose attempts part (the commit mark, written second under the
-    same name) never appeared. Returns how many files were removed."""
-    committed = {storage.name(p) for p in part_files(root, "attempts", student, gid)}
-    removed = 0
-    for table in TABLES:
-        directory = partition_dir(root, table, student, gid)
-        leftovers = [p for p in storage.list_files(directory, ".*.tmp", hidden=True)]
-        orphans = [p for p in part_files(root, table, student, gid)
-                   if table == "step_scores" and storage.name(p) not in committed]
-        for path in leftovers + orphans:
-            storage.remove(path)
-            removed += 1
-    return removed
+    """Delete what a killed run left uncommitted (`manifest.sweep`); call it holding the partition's lease."""
+    return manifest.sweep(manifest.read_manifest(str(root), student, gid), student, gid)
 
 
 def save_grader(root: str | Path, gid: str, description: dict) -> None:
@@ -113,7 +108,7 @@ def grader_cut_points(root: str | Path, gid: str) -> list[float] | None:
 
 def partitions(root: str | Path) -> list[tuple[str, str]]:
     """(student slug, grader id) of every bank partition."""
-    base = storage.join(str(root), "bank")
+    base = storage.join(str(root), "manifests")
     found = []
     for student_dir in storage.list_dirs(base):
         if student_dir.startswith("student="):
@@ -124,8 +119,7 @@ def partitions(root: str | Path) -> list[tuple[str, str]]:
 
 
 def _read_slug(root: str | Path, slug: str, gid: str, columns: list[str]) -> pa.Table:
-    directory = storage.join(str(root), "bank", f"student={slug}", f"grader={gid}")
-    return storage.dataset(storage.list_files(directory, "part-*.parquet"), schemas.BANK).to_table(columns=columns)
+    return read_partition(root, "bank", slug, gid, columns)
 
 
 def level_counts(files: list[str]) -> dict[str, int]:
@@ -140,8 +134,7 @@ def summary(root: str | Path) -> list[dict]:
     """Level histogram per (student, grader), levels easiest first."""
     out = []
     for slug, gid in partitions(root):
-        files = storage.list_files(storage.join(str(root), "bank", f"student={slug}", f"grader={gid}"),
-                                   "part-*.parquet")
+        files = part_files(root, "bank", slug, gid)
         first = storage.dataset(files[:1], schemas.BANK).head(1, columns=["student"]) if files else None
         levels = level_counts(files)
         out.append({"student": first["student"][0].as_py() if first is not None and first.num_rows else slug,
@@ -162,10 +155,27 @@ def find_partition(root: str | Path, name: str) -> tuple[str, str]:
     return matches[0]
 
 
-def student_levels(root: str | Path, name: str) -> dict[str, str]:
-    """question_id -> level of one student (NAME or NAME@GRADER_ID, as `adaptcot bank summary` lists them)."""
-    table = _read_slug(root, *find_partition(root, name), ["question_id", "level"])
+def student_levels(root: str | Path, name: str, question_ids: list[str] | None = None) -> dict[str, str]:
+    """question_id -> level of one student (NAME or NAME@GRADER_ID, as `adaptcot bank summary` lists them); with
+    `question_ids`, of those only, reading only their buckets (a benchmark's few hundred, not the partition)."""
+    slug, gid = find_partition(root, name)
+    if question_ids is None:
+        table = _read_slug(root, slug, gid, ["question_id", "level"])
+    else:
+        table = levels_of(root, slug, gid, pa.array(sorted(set(question_ids)), pa.string()))
     return dict(zip(table["question_id"].to_pylist(), table["level"].to_pylist()))
+
+
+def levels_of(root: str | Path, student: str, gid: str, question_ids: pa.Array) -> pa.Table:
+    """(question_id, level) of these questions in one partition: only the files of their buckets are read."""
+    stored = manifest.read_manifest(str(root), student, gid)
+    graded = stored.row_count("bank") and len(question_ids)
+    files = stored.files("bank", set(bucket_keys(question_ids, stored.bits).to_pylist())) if graded else []
+    if not files:
+        return pa.table({"question_id": pa.array([], pa.string()), "level": pa.array([], pa.string())})
+    rows = storage.dataset(files, schemas.BANK).to_table(columns=["question_id", "level"],
+                                                         filter=pc.field("question_id").isin(question_ids))
+    return manifest.unique_rows(rows, ["question_id"])
 
 
 def compare(root: str | Path, a: str, b: str) -> dict:

@@ -16,7 +16,6 @@ attempt `sandbox_error` with `correct` null, which, like an engine error, leaves
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,11 +28,12 @@ from pydantic import Field, model_validator
 from adaptcot.common import schemas, storage
 from adaptcot.common.settings import Strict
 from adaptcot.common.terminal import bar
-from adaptcot.grade import bank, calibration
-from adaptcot.grade.answering import StudentConfig, answer_processor, expand_samples, to_attempt_row
+from adaptcot.grade import bank, calibration, manifest, todo
+from adaptcot.grade.answering import StudentConfig, answer_processor, to_attempt_row
 from adaptcot.grade.finalize import finalize_bank
 from adaptcot.grade.levels import CutPoints, GraderConfig, grader_id, level_warnings
 from adaptcot.grade.prm import PRMConfig, PRMScorer, check_prm
+from adaptcot.pool import layout as pool_layout
 from adaptcot.verify.attempts import VerifyConfig, verify_dataset
 from adaptcot.verify.sandbox import Sandbox
 
@@ -143,8 +143,7 @@ def check_model_path(model: str, what: str, remote_ok: bool = True) -> None:
 
 
 def pool_has_code(pool: str) -> bool:
-    domains = storage.dataset(storage.list_files(storage.join(pool, "pool"), "*.parquet")).to_table(
-        columns=["domain"])["domain"]
+    domains = storage.dataset(pool_layout.pool_files(pool)).to_table(columns=["domain"])["domain"]
     return pc.any(pc.equal(domains, "code")).as_py()
 
 
@@ -156,58 +155,26 @@ def preflight(cfg: GradeConfig) -> None:
     if cfg.grader.mode == "prm":
         check_model_path(cfg.prm.model, "PRM", remote_ok=False)
         check_prm(cfg.prm)
-    pool_files = storage.list_files(storage.join(cfg.pool, "pool"), "*.parquet")
-    if not pool_files:
+    if not pool_layout.files_by_bucket(cfg.pool):  # a pool before buckets: the command that migrates it
         raise FileNotFoundError(f"pool not found or empty: {cfg.pool} (create it with `adaptcot pool import`)")
+    manifest.check_layout(cfg.bank)
     if pool_has_code(cfg.pool):
         with Sandbox(cfg.verify.code.sandbox) as sandbox:  # fails here if this host cannot contain programs
             sandbox.start()
 
 
 # --- pipeline stages ------------------------------------------------------------------------------------------
-POOL_COLUMNS = ["question_id", "domain", "question", "reference_answer", "tests", "starter_code"]
-
-
-def _sample_keys(question_ids: pa.Array, sample_index: pa.Array) -> pa.Array:
-    return pc.binary_join_element_wise(question_ids, pc.cast(sample_index, pa.string()), "#")
-
-
-def in_share(question_ids: list[str], share: float) -> list[bool]:
-    """A fixed subset of about `share` of any pool, by question id: the same questions for every panel model."""
-    return [int.from_bytes(hashlib.sha256(q.encode()).digest()[:8], "big") < share * 2 ** 64 for q in question_ids]
-
-
-def select_todo(batch: pa.Table, n: int, done: pa.Array | None = None, share: float | None = None) -> pa.Table:
-    """Rows of a pool batch (of its `share` subset, if given), expanded to n samples (minus any in `done`), each with
-    its `sample_key`. Code tests travel as JSON text (`schemas.with_tests_json`)."""
-    if share is not None:
-        batch = batch.filter(pa.array(in_share(batch["question_id"].to_pylist(), share), pa.bool_()))
-    expanded = expand_samples(schemas.with_tests_json(batch), n)
-    keys = _sample_keys(expanded["question_id"], expanded["sample_index"])
-    if done is not None and len(done):
-        expanded = expanded.filter(pc.invert(pc.is_in(keys, value_set=done)))
-        keys = _sample_keys(expanded["question_id"], expanded["sample_index"])
-    return expanded.append_column("sample_key", keys)
-
-
-def _sample_key_only(batch: pa.Table) -> pa.Table:
-    return pa.table({"sample_key": _sample_keys(batch["question_id"], batch["sample_index"])})
-
-
 def write_attempts(batch: pa.Table, root: str, student: str, gid: str, prm_name: str | None) -> pa.Table:
-    """Commit one batch: step scores part, then the attempts part of the same name (the commit mark).
-
-    The name is a hash of the batch's sample keys: when Ray re-runs this task (its node died after it wrote, and
-    the lineage is replayed), the rerun overwrites the same files instead of storing the samples twice."""
-    keys = sorted(_sample_keys(batch["question_id"], batch["sample_index"]).to_pylist())
-    name = f"part-{hashlib.sha256(chr(10).join(keys).encode()).hexdigest()[:32]}.parquet"
+    """Commit one batch (`manifest.commit`): its attempts and step scores, split by question bucket, then the
+    commit record. Parts are named by their content: when Ray re-runs this task (its node died after it wrote),
+    the rerun overwrites the same files instead of storing the samples twice."""
     n = batch.num_rows
     batch = batch.append_column("student", pa.array([student] * n, pa.string()))
+    tables = {"attempts": batch}
     if "prm_score" in batch.schema.names:
         scored = batch.filter(pc.or_(pc.is_valid(batch["step_scores"]), pc.is_valid(batch["prm_error"])))
-        scored = scored.append_column("prm", pa.array([prm_name] * scored.num_rows, pa.string()))
-        bank.write_part(scored, bank.partition_dir(root, "step_scores", student, gid), schemas.STEP_SCORES, name)
-    bank.write_part(batch, bank.partition_dir(root, "attempts", student, gid), schemas.ATTEMPTS, name)
+        tables["step_scores"] = scored.append_column("prm", pa.array([prm_name] * scored.num_rows, pa.string()))
+    manifest.commit(root, student, gid, tables)
     errors = pc.sum(pc.is_valid(batch["error"])).as_py() or 0
     return pa.table({"written": [n], "errors": [errors]})
 
@@ -222,38 +189,24 @@ def _count_domains(pool_files: list[str]) -> tuple[int, int]:
     return n_math, n_all - n_math
 
 
-def todo_dataset(cfg: GradeConfig, gid: str, pool_files: list[str],
-                 in_process_max_rows: int = bank.IN_PROCESS_MAX_ROWS, share: float | None = None
-                 ) -> tuple[object, int]:
-    """(the pool's questions x n samples minus the samples already stored for this student and grader, how many).
+def block_rows(cfg: GradeConfig) -> int:
+    """Samples per block fed to an engine: 64 of its batches (at least 256, at most `todo.MAX_BLOCK_ROWS`)."""
+    return max(256, min(todo.MAX_BLOCK_ROWS, 64 * cfg.student.resources.batch_size))
 
-    Up to `in_process_max_rows` stored samples travel to every task as a set of keys; more are removed by a
-    distributed anti-join on the sample key (a bank of millions of attempts is no set to send around), whose
-    result is materialized (object store, spilled to disk when large) so that the job can tell how many are left
-    and start no engine when none are. Without stored samples the rows stream straight into the engines."""
-    light, n = cfg.student.resources.cpus_per_light_stage, cfg.student.sampling.n
-    pool = storage.ray_dataset(pool_files, POOL_COLUMNS, light)
-    stored = bank.part_files(cfg.bank, "attempts", cfg.student.display_name, gid)
-    if not stored:
-        rows = storage.row_count(pool_files) if share is None else sum(
-            sum(in_share(b.column(0).to_pylist(), share))
-            for b in storage.dataset(pool_files).scanner(columns=["question_id"]).to_batches())
-        return pool.map_batches(select_todo, fn_kwargs={"n": n, "share": share}, batch_format="pyarrow",
-                                num_cpus=light), rows * n
-    if storage.row_count(stored) <= in_process_max_rows:
-        keys = storage.dataset(stored, schemas.ATTEMPTS).to_table(columns=["question_id", "sample_index"])
-        done = _sample_keys(keys["question_id"], keys["sample_index"]).combine_chunks()
-        left = sum(select_todo(pa.Table.from_batches([b]), n, done, share).num_rows
-                   for b in storage.dataset(pool_files).scanner(columns=["question_id"]).to_batches())
-        return pool.map_batches(select_todo, fn_kwargs={"n": n, "done": done, "share": share}, batch_format="pyarrow",
-                                num_cpus=light), left
-    keys = storage.ray_dataset(stored, ["question_id", "sample_index"], light).map_batches(
-        _sample_key_only, batch_format="pyarrow", num_cpus=light)
-    todo = pool.map_batches(select_todo, fn_kwargs={"n": n, "share": share}, batch_format="pyarrow",
-                            num_cpus=light).join(
-        keys, join_type="left_anti", on=("sample_key",), num_partitions=storage.hash_partitions(stored + pool_files))
-    todo = todo.materialize()
-    return todo, todo.count()
+
+def todo_dataset(cfg: GradeConfig, gid: str, share: float | None = None) -> tuple[object, int]:
+    """(the samples left to answer as a streaming Ray dataset, how many): the pool's questions x n minus the samples
+    stored for this student and grader, bucket group by bucket group (`todo.py`). The count comes from the
+    manifests (with `share`, from the share's question ids)."""
+    n, light = cfg.student.sampling.n, cfg.student.resources.cpus_per_light_stage
+    stored = manifest.read_manifest(cfg.bank, cfg.student.display_name, gid)
+    pool_rows = pool_layout.rows_by_bucket(cfg.pool)
+    groups, left = todo.todo_groups(pool_layout.files_by_bucket(cfg.pool), pool_rows, stored, n, block_rows(cfg))
+    if share is not None:
+        chosen = sum(sum(todo.in_share(b.column(0).to_pylist(), share)) for b in storage.dataset(
+            pool_layout.pool_files(cfg.pool)).scanner(columns=["question_id"]).to_batches())
+        left = max(0, chosen * n - stored.row_count("attempts"))
+    return todo.todo_stream(groups, n, share, light), left
 
 
 def run_pipeline(cfg: GradeConfig, gid: str, todo, samples: int) -> tuple[int, int]:
@@ -287,18 +240,18 @@ def store_answers(cfg: GradeConfig, share: float | None = None) -> GradeReport:
     """Answer, verify and score every sample of the pool (or of its `share` subset) not yet stored for this student
     and grader; the report's counts. Levels come after, from `finalize_levels`."""
     student, gid = cfg.student.display_name, cfg.grader_id()
+    manifest.check_layout(cfg.bank, create=True, bits=max(len(b) for b in pool_layout.files_by_bucket(cfg.pool)))
     bank.save_grader(cfg.bank, gid, {"grader": cfg.grader.model_dump(mode="json"),
                                      "student": cfg.student.answering_key(),
                                      "prm": cfg.prm.scoring_key() if cfg.prm else None,
                                      "scorer_id": cfg.scorer_id()})
     bank.remove_uncommitted(cfg.bank, student, gid)
-    pool_files = storage.list_files(storage.join(cfg.pool, "pool"), "*.parquet")
     report = GradeReport(student=student, grader_id=gid)
-    report.math_questions, report.code_questions = _count_domains(pool_files)
+    report.math_questions, report.code_questions = _count_domains(pool_layout.pool_files(cfg.pool))
     report.code_isolation = cfg.verify.code.sandbox.isolation if report.code_questions else None
-    todo, report.samples_todo = todo_dataset(cfg, gid, pool_files, share=share)
+    left, report.samples_todo = todo_dataset(cfg, gid, share=share)
     if report.samples_todo:
-        report.generated, report.generation_errors = run_pipeline(cfg, gid, todo, report.samples_todo)
+        report.generated, report.generation_errors = run_pipeline(cfg, gid, left, report.samples_todo)
     return report
 
 
@@ -340,17 +293,22 @@ def calibrated_cut_points(cfg: GradeConfig) -> tuple[CutPoints | None, str, list
             raise calibration.CalibrationError(
                 f"grader.thresholds is calibrated, but {cfg.bank} has no cut points for this scorer (id {sid}) and "
                 "no grade.panel is set to fit them: give grade.panel.students, or thresholds")
-        share = min(1.0, cfg.panel.questions / max(1, storage.row_count(
-            storage.list_files(storage.join(cfg.pool, "pool"), "*.parquet"))))
+        share = min(1.0, cfg.panel.questions / max(1, sum(pool_layout.rows_by_bucket(cfg.pool).values())))
         members = [cfg.model_copy(update={"student": s, "panel": None}) for s in cfg.panel.students]
-        reports = [store_answers(m, share) for m in members]
+        reports = [leased(m, store_answers, m, share) for m in members]
         record = calibration.save(cfg.bank, calibration.fit(
             cfg.bank, sid, cfg.grader.scorer_key(cfg.prm.scoring_key()),
             [(m.student.display_name, m.grader_id()) for m in members], cfg.panel.min_wrong_answers))
         source = _panel_text(record)
-        return record.cut_points, source, [finalize_levels(m, r, record.cut_points, source)
+        return record.cut_points, source, [leased(m, finalize_levels, m, r, record.cut_points, source)
                                            for m, r in zip(members, reports)]
     return record.cut_points, _panel_text(record), []
+
+
+def leased(cfg: GradeConfig, step, *args):
+    """`step(*args)` holding the lease of `cfg`'s bank partition (a second grader of it stops with a message)."""
+    with bank.lease(cfg.bank, cfg.student.display_name, cfg.grader_id()):
+        return step(*args)
 
 
 def _panel_text(record: calibration.CutPointRecord) -> str:
@@ -361,7 +319,8 @@ def grade(cfg: GradeConfig) -> GradeReport:
     """Grade `cfg.pool` for `cfg.student` into `cfg.bank` (Ray must be initialised)."""
     started = time.time()
     cut_points, cut_points_from, panel = calibrated_cut_points(cfg)
-    report = finalize_levels(cfg, store_answers(cfg), cut_points, cut_points_from)
+    with bank.lease(cfg.bank, cfg.student.display_name, cfg.grader_id()):
+        report = finalize_levels(cfg, store_answers(cfg), cut_points, cut_points_from)
     report.panel = [asdict(r) for r in panel]
     report.seconds = round(time.time() - started, 1)
     return report

@@ -20,6 +20,7 @@ import hashlib
 import json
 from typing import Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
@@ -162,20 +163,41 @@ def question_stats(attempts: pa.Table) -> pa.Table:
 
 def level_rows(stats: pa.Table, grader: GraderConfig, student: str, gid: str, attempts_ref: str,
                cut_points: CutPoints | None = None) -> tuple[pa.Table, pa.Array]:
-    """(bank rows, ungradable question ids) of per-question stats (schema QUESTION_STATS, complete questions)."""
-    rows, ungradable = [], []
-    cuts = None if grader.mode == "pass_rate" else given_cut_points(grader, cut_points)
-    for q in stats.to_pylist():
-        pass_rate = q["right"] / q["decided"] if q["decided"] else None
-        level = level_for(pass_rate, q["prm_score"], grader, cuts)
-        if level is None:
-            ungradable.append(q["question_id"])
-            continue
-        rows.append({"question_id": q["question_id"], "domain": q["domain"], "student": student, "grader_id": gid,
-                     "level": level.value, "difficulty_rank": level.rank, "pass_rate": pass_rate,
-                     "num_samples": q["decided"], "prm_score": None if level is Level.EASY else q["prm_score"],
-                     "attempts_ref": attempts_ref})
-    return pa.Table.from_pylist(rows, schema=schemas.BANK), pa.array(ungradable, pa.string())
+    """(bank rows, ungradable question ids) of per-question stats (schema QUESTION_STATS, complete questions);
+    vectorised, and the same as `level_for` row by row."""
+    decided = stats["decided"].to_numpy(zero_copy_only=False).astype(np.int64)
+    right = stats["right"].to_numpy(zero_copy_only=False).astype(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pass_rate = np.where(decided > 0, right / np.maximum(decided, 1), np.nan)
+    prm = pc.fill_null(stats["prm_score"], np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
+    easy = pass_rate >= grader.easy_min_pass_rate  # NaN compares False
+    score = pass_rate if grader.mode == "pass_rate" else prm
+    gradable = ~np.isnan(pass_rate) & (easy | ~np.isnan(score))
+    cuts = np.array(given_cut_points(grader, cut_points) if grader.mode == "prm" else grader.thresholds)
+    # wrong levels in order near..hardest: how many cut points lie above the score (a score on a cut goes easier)
+    wrong_index = (score[:, None] < cuts[None, :]).sum(axis=1)
+    rank = np.where(easy, Level.EASY.rank, np.array([lv.rank for lv in WRONG_LEVELS])[np.minimum(wrong_index, 4)])
+    keep = pa.array(gradable)
+    names = np.array([lv.value for lv in schemas.LEVELS_EASIEST_FIRST], dtype=object)
+    kept = stats.filter(keep)
+    k = kept.num_rows
+    rows = pa.table({
+        "question_id": kept["question_id"], "domain": kept["domain"], "student": pa.array([student] * k, pa.string()),
+        "grader_id": pa.array([gid] * k, pa.string()), "level": pa.array(names[rank[gradable]], pa.string()),
+        "difficulty_rank": pa.array(rank[gradable], pa.int32()),
+        "pass_rate": pa.array(pass_rate[gradable], pa.float64()),
+        "num_samples": pa.array(decided[gradable], pa.int32()),
+        "prm_score": pa.array(np.where(easy, np.nan, prm)[gradable], pa.float64(), from_pandas=True),
+        "attempts_ref": pa.array([attempts_ref] * k, pa.string())})
+    rows = conform_bank(rows)
+    return rows, stats.filter(pc.invert(keep))["question_id"].combine_chunks()
+
+
+def conform_bank(rows: pa.Table) -> pa.Table:
+    for f in schemas.BANK:
+        if f.name not in rows.column_names:
+            rows = rows.append_column(f.name, pa.nulls(rows.num_rows, f.type))
+    return rows.select(schemas.BANK.names).cast(schemas.BANK)
 
 
 def grade_questions(attempts: pa.Table, grader: GraderConfig, student: str, gid: str, attempts_ref: str,

@@ -4,8 +4,10 @@
 - `prm_conversation` (pure): the PRM input as Qwen2.5-Math-PRM expects it: system, the question as the user turn,
   and the assistant turn with every step followed by the step separator (`<extra_0>`).
 - `PRMScorer` (Ray Data stage): loads `vllm.LLM(runner="pooling")` with `PoolerConfig(step_tag_id=...)` once per
-  actor and scores, per batch, the rows whose `correct` is false. `ray.data.llm` has no pooling processor that
-  returns per-step scores, hence a `map_batches` actor around `vllm.LLM`.
+  actor and scores, per batch, the rows whose `correct` is false. The engine is given token ids (`prm_prompt`):
+  fitting an answer into the PRM's context tokenizes its input anyway, and vLLM would tokenize the text again.
+  `ray.data.llm` has no pooling processor that returns per-step scores, hence a `map_batches` actor around
+  `vllm.LLM` (in-process engine core: no second process to start).
 - `check_prm` fails before Ray starts on a PRM whose tokenizer lacks the step separator as a single token.
 
 A response with more than `max_steps` steps, or too long for the PRM's context, is scored on its first steps (the
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 import pyarrow as pa
 from pydantic import Field
@@ -40,6 +43,7 @@ class PRMConfig(Strict):
     concurrency: ActorPoolSize = 1  # PRM actors, or [min, max] to autoscale
     num_cpus: float = Field(default=1.0, gt=0)
     num_gpus: float = Field(default=0.0, ge=0)
+    extra: dict[str, Any] = {}  # any other vLLM engine argument (e.g. max_num_seqs, gpu_memory_utilization)
 
     def scoring_key(self) -> dict:
         return {"model": self.model, "step_token": self.step_token, "max_steps": self.max_steps,
@@ -98,11 +102,12 @@ def prm_conversation(question: str, steps: list[str], step_token: str) -> list[d
             {"role": "assistant", "content": step_token.join(steps) + step_token}]
 
 
-def check_prm(cfg: PRMConfig) -> int:
+def check_prm(cfg: PRMConfig, tokenizer=None) -> int:
     """The step separator's token id; raises ValueError naming the problem if the PRM cannot be used."""
-    from transformers import AutoTokenizer
+    if tokenizer is None:
+        from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=True)
     ids = tokenizer.encode(cfg.step_token, add_special_tokens=False)
     if len(ids) != 1 or tokenizer.convert_ids_to_tokens(ids[0]) != cfg.step_token:
         raise ValueError(f"PRM {cfg.model}: step token {cfg.step_token!r} is not a single token of its tokenizer "
@@ -130,28 +135,46 @@ def fitting_prefix(steps: list[str], max_steps: int, fits) -> int:
 def prm_input(tokenizer, question: str, response: str, cfg: PRMConfig, step_rule: str) -> tuple[str | None, int, int]:
     """(PRM input text, steps scored, steps in the response): the response's first steps that fit `cfg.max_steps`
     and the PRM's context (`cfg.max_model_len` tokens); None when the response has no steps."""
+    text, _, scored, total = prm_prompt(tokenizer, question, response, cfg, step_rule)
+    return text, scored, total
+
+
+def prm_prompt(tokenizer, question: str, response: str, cfg: PRMConfig, step_rule: str
+               ) -> tuple[str | None, list[int] | None, int, int]:
+    """`prm_input` with the input's token ids as the engine would read the text (special tokens added as vLLM adds
+    them): the fitting check tokenizes the input anyway, and the engine is given these ids instead of the text."""
+    encoded: dict[str, list[int]] = {}
+
     def render(q: str, kept: list[str]) -> str:
         return tokenizer.apply_chat_template(prm_conversation(q, kept, cfg.step_token), tokenize=False,
                                              add_generation_prompt=False)
 
-    def tokens(text: str) -> int:
-        return len(tokenizer.encode(text, add_special_tokens=False))
+    def ids(text: str) -> list[int]:
+        if text not in encoded:
+            encoded.clear()  # only the last text is asked for again (the one kept)
+            encoded[text] = tokenizer(text)["input_ids"]
+        return encoded[text]
 
     def cut(text: str, max_tokens: int) -> str:
-        ids = tokenizer.encode(text, add_special_tokens=False)
-        return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max(1, max_tokens)])
+        tokens = tokenizer.encode(text, add_special_tokens=False)
+        return text if len(tokens) <= max_tokens else tokenizer.decode(tokens[:max(1, max_tokens)])
 
     steps = split_steps(response, step_rule)
     if not steps:
-        return None, 0, 0
+        return None, None, 0, 0
     limit = cfg.max_model_len
-    if tokens(render(question, steps[:1])) > limit:
+    if len(ids(render(question, steps[:1]))) > limit:
         # Even one step does not fit: keep the question's start and cut the first step to the room left.
         question = cut(question, limit // 2)
-        room = limit - tokens(render(question, [""])) - 1
-        return render(question, [cut(steps[0], room)]), 1, len(steps)
-    keep = fitting_prefix(steps, cfg.max_steps, lambda k: tokens(render(question, steps[:k])) <= limit)
-    return render(question, steps[:keep]), keep, len(steps)
+        room = limit - len(ids(render(question, [""]))) - 1
+        text = render(question, [cut(steps[0], room)])
+        while len(ids(text)) > limit and room > 1:  # a cut step can tokenize longer inside the template
+            room = max(1, room - (len(ids(text)) - limit))
+            text = render(question, [cut(steps[0], room)])
+        return text, ids(text), 1, len(steps)
+    keep = fitting_prefix(steps, cfg.max_steps, lambda k: len(ids(render(question, steps[:k]))) <= limit)
+    text = render(question, steps[:keep])
+    return text, ids(text), keep, len(steps)
 
 
 class PRMScorer:
@@ -165,14 +188,16 @@ class PRMScorer:
         from vllm.config import PoolerConfig
 
         self.cfg, self.aggregation, self.step_rule, self.step_threshold = cfg, aggregation, step_rule, step_threshold
-        self.step_id = check_prm(cfg)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=True)
+        self.step_id = check_prm(cfg, self.tokenizer)
         self.llm = LLM(model=cfg.model, runner="pooling", pooler_config=PoolerConfig(step_tag_id=self.step_id),
                        max_model_len=cfg.max_model_len, dtype=cfg.dtype, enforce_eager=cfg.enforce_eager,
-                       trust_remote_code=True)
+                       trust_remote_code=True, **cfg.extra)
 
-    def prompt(self, question: str, response: str) -> tuple[str | None, int, int]:
-        return prm_input(self.tokenizer, question, response, self.cfg, self.step_rule)
+    def prompt(self, question: str, response: str) -> tuple[list[int] | None, int, int]:
+        """The PRM input's token ids (the engine does not tokenize again), steps scored, steps in the response."""
+        _, ids, scored, total = prm_prompt(self.tokenizer, question, response, self.cfg, self.step_rule)
+        return ids, scored, total
 
     def score(self, questions: list[str], responses: list[str]
               ) -> list[tuple[list[float] | None, str | None, int, int]]:
@@ -183,7 +208,8 @@ class PRMScorer:
         todo = [i for i, (p, _, _) in enumerate(prompts) if p is not None]
         if not todo:  # vLLM refuses an empty request list
             return results
-        outputs = self.llm.encode([prompts[i][0] for i in todo], pooling_task="token_classify", use_tqdm=False)
+        outputs = self.llm.encode([{"prompt_token_ids": prompts[i][0]} for i in todo], pooling_task="token_classify",
+                                  use_tqdm=False)
         for i, out in zip(todo, outputs):
             scores = out.outputs.data[:, 1].float().tolist()
             _, _, scored, total = results[i]

@@ -18,6 +18,7 @@ Tools that need no job config:
   adaptcot tiny-models --out DIR [--seed N]
   adaptcot verify --input FILE --output FILE [--workers N] [--timeout S] [--isolation namespaces|none]
   adaptcot bank summary BANK [--json]  |  adaptcot bank compare BANK STUDENT_A STUDENT_B [--json]
+  adaptcot bank migrate BANK  |  adaptcot pool migrate DIR   (a bank or pool of the layout before buckets)
   adaptcot report RUN_DIR            one offline HTML page of a run's figures (RUN_DIR/report.html)
   adaptcot compare NAME=PATH NAME=PATH [--out DIR] [--joint]   trace-style comparison: CoT sets, training, students
 """
@@ -139,12 +140,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pool_migrate(args: argparse.Namespace) -> int:
+    from adaptcot.pool.layout import migrate_pool
+
+    print(f"{migrate_pool(args.pool_dir)} questions moved into question buckets in {args.pool_dir}")
+    return 0
+
+
 def cmd_bank(args: argparse.Namespace) -> int:
     from adaptcot.grade import bank
 
     if args.bank_command == "summary":
         rows = bank.summary(args.bank)
         print(json.dumps(rows, indent=2) if args.json else bank.format_summary(rows))
+    elif args.bank_command == "migrate":
+        from adaptcot.grade.migrate import migrate_bank
+
+        print(json.dumps(migrate_bank(args.bank), indent=2))
     else:
         result = bank.compare(args.bank, args.a, args.b)
         print(json.dumps(result, indent=2) if args.json else bank.format_compare(result))
@@ -295,6 +307,9 @@ def _tool_parsers(sub) -> None:
     imp.add_argument("--hf-split", default="train")
     imp.add_argument("--hf-config", default=None)
     imp.set_defaults(func=cmd_pool_import)
+    pool_migrate = pool.add_parser("migrate", help="rewrite a pool of the first layout into question buckets")
+    pool_migrate.add_argument("pool_dir")
+    pool_migrate.set_defaults(func=cmd_pool_migrate)
 
     tiny = sub.add_parser("tiny-models", help="build tiny student, teacher and PRM models locally")
     tiny.add_argument("--out", required=True)
@@ -329,6 +344,9 @@ def _tool_parsers(sub) -> None:
     compare.add_argument("b")
     compare.add_argument("--json", action="store_true")
     compare.set_defaults(func=cmd_bank)
+    migrate = bank_cmd.add_parser("migrate", help="rewrite a bank of the first layout into question buckets")
+    migrate.add_argument("bank")
+    migrate.set_defaults(func=cmd_bank)
 
     rep = sub.add_parser("report", help="write RUN_DIR/report.html: levels, sampling, teacher, training, eval")
     rep.add_argument("run_dir")

@@ -31,8 +31,10 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from adaptcot.common import schemas, storage
+from adaptcot.common.lease import Lease
 from adaptcot.common.settings import Strict
 from adaptcot.common.text import normalise_text, question_id
+from adaptcot.pool.layout import BucketedStage, pool_bits, pool_files, sweep_unlisted
 from adaptcot.pool.near_duplicates import (
     NUM_BUCKETS,
     BucketSpill,
@@ -170,9 +172,9 @@ def _existing_parquet(directory: str) -> list[str]:
     return storage.list_files(directory, "*.parquet")
 
 
-def _spill_existing_ids(pool_dir: str, spill: BucketSpill, near: NearDuplicates | None) -> int:
+def _spill_existing_ids(out: str, spill: BucketSpill, near: NearDuplicates | None) -> int:
     """The pool's question ids to `spill`, and (with `near`) its questions' signatures and band keys."""
-    files = _existing_parquet(pool_dir)
+    files = pool_files(out)
     n = 0
     for path in files:
         fs, inner = storage.resolve(path)
@@ -278,18 +280,20 @@ def import_pool(cfg: PoolImportConfig) -> ImportReport:
         raise MappingError("distractors (multiple choice) are for math questions only")
     sources = _open_sources(cfg, mapping)  # fails here, before anything is written
     out = cfg.out
-    pool_dir, rejects_dir = storage.join(out, "pool"), storage.join(out, "rejects")
+    rejects_dir = storage.join(out, "rejects")
     token = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     # Staged on the pool's own disk (published by renames) or, for a pool in object storage, on this machine's
     # (published by uploads): the spill files are scratch either way.
     staging = Path(tempfile.mkdtemp(prefix=f"adaptcot-import-{token}-")) if storage.is_remote(out) else \
         Path(out) / f".staging-{token}"
     report = ImportReport()
+    lease = Lease(storage.join(out, "leases"), f"pool {out}").acquire()
     try:
+        sweep_unlisted(out)
         new_spill = BucketSpill(staging / "new", _SPILL_SCHEMA)
         old_spill = BucketSpill(staging / "existing", _IDS_SCHEMA)
         near = NearDuplicates(staging / "near", cfg.near_duplicates) if cfg.near_duplicates.enabled else None
-        _spill_existing_ids(pool_dir, old_spill, near)
+        _spill_existing_ids(out, old_spill, near)
         old_spill.close()
         staged_rejects = _RollingParquetWriter(_mkdir(staging / "rejects"), f"rejects-{token}", schemas.REJECTS)
         known_rejects = _known_rejects(rejects_dir)
@@ -297,7 +301,7 @@ def import_pool(cfg: PoolImportConfig) -> ImportReport:
         new_spill.close()
         found = _find_near_duplicates(near, new_spill, old_spill) if near else {}
         left_out = pa.array(sorted(found), pa.string())
-        staged_pool = _RollingParquetWriter(_mkdir(staging / "pool"), f"part-{token}", schemas.POOL)
+        staged_pool = BucketedStage(staging, token, pool_bits(out, report.read - sum(report.rejected.values())))
         for bucket in range(NUM_BUCKETS):
             new = new_spill.read(bucket)
             if new is None:
@@ -312,12 +316,13 @@ def import_pool(cfg: PoolImportConfig) -> ImportReport:
             report.duplicates += dups
             report.near_duplicates += rejected.num_rows
             report.already_in_pool += already
-        staged_pool.close()
         staged_rejects.close()
-        _publish(staging, pool_dir, rejects_dir, staged_pool.files, staged_rejects.files)
+        _publish(rejects_dir, staged_rejects.files)
+        staged_pool.publish(out)
         _append_manifest(out, cfg, report, token)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        lease.release()
     return report
 
 
@@ -335,17 +340,15 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def _publish(staging: Path, pool_dir: str, rejects_dir: str, pool_files: list[Path],
-             reject_files: list[Path]) -> None:
-    # Rejects first: a kill between the moves leaves pool rows to be re-added (de-duplicated), never lost rejects.
-    for directory, files in ((rejects_dir, reject_files), (pool_dir, pool_files)):
-        if not storage.is_remote(directory):
-            _mkdir(Path(directory))
-        for path in files:
-            if storage.is_remote(directory):
-                storage.upload(path, storage.join(directory, path.name))  # whole objects, one per file
-            else:
-                path.rename(Path(directory) / path.name)
+def _publish(rejects_dir: str, reject_files: list[Path]) -> None:
+    # Rejects before the pool: a kill between leaves pool rows to be re-added (de-duplicated), never lost rejects.
+    if not storage.is_remote(rejects_dir):
+        _mkdir(Path(rejects_dir))
+    for path in reject_files:
+        if storage.is_remote(rejects_dir):
+            storage.upload(path, storage.join(rejects_dir, path.name))  # whole objects, one per file
+        else:
+            path.rename(Path(rejects_dir) / path.name)
 
 
 def _append_manifest(out: str, cfg: PoolImportConfig, report: ImportReport, token: str) -> None:
@@ -354,11 +357,6 @@ def _append_manifest(out: str, cfg: PoolImportConfig, report: ImportReport, toke
         "schema_version": schemas.SCHEMA_VERSION, "imports": []}
     manifest["imports"].append({"token": token, "config": cfg.model_dump(), **report.as_dict()})
     storage.write_text(path, json.dumps(manifest, indent=2))
-
-
-def pool_files(out: str | Path) -> list[str]:
-    """The Parquet files of the pool at `out` (a directory or URI made by `import_pool`)."""
-    return _existing_parquet(storage.join(str(out), "pool"))
 
 
 def read_pool(out: str | Path, columns: list[str] | None = None) -> pa.Table:

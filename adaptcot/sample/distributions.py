@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import field_validator, model_validator
 
-from adaptcot.common import schemas, storage
+from adaptcot.common import storage
 from adaptcot.common.schemas import LEVELS_EASIEST_FIRST
 from adaptcot.common.settings import Strict
 from adaptcot.grade import bank
@@ -109,9 +108,7 @@ def eval_distribution(bank_root: str | Path, student: str, grader_id: str,
     """P_eval: the level histogram of `student`'s bank rows (grader `grader_id`) on the eval questions."""
     ids = eval_question_ids if isinstance(eval_question_ids, pa.Array) else pa.array(list(eval_question_ids),
                                                                                       pa.string())
-    files = bank.part_files(bank_root, "bank", student, grader_id)  # scanned, never read whole: the bank may be huge
-    graded = storage.dataset(files, schemas.BANK).to_table(columns=["question_id", "level"],
-                                                           filter=pc.field("question_id").isin(ids))
+    graded = bank.levels_of(bank_root, student, grader_id, ids)  # only the eval questions' buckets are read
     if graded.num_rows == 0:
         raise DistributionError(
             f"none of the {len(ids)} eval questions is graded for {student} (grader {grader_id}) in {bank_root}; "

@@ -9,25 +9,24 @@
 - `sample`: the driver, bank partition + pool -> `samples.parquet` (schema SAMPLES), `distribution.json`,
   `sample_report.json`, each published whole.
 
-Bank rows are restricted to the pool's questions, marked with the first exclusion rule that removes them and with
-their seeded order keys (`mark_exclusions`), counted per level and mark, and each block gives up its first `quota`
-questions per level (`first_per_level`); the first k per level are then taken among those few, which is the same as
-`draw` over the whole partition. A partition of up to `bank.IN_PROCESS_MAX_ROWS` rows is drawn in this process;
-a larger one on Ray Data (a distributed semi-join with the pool, blocks marked in parallel, a group-by for the
-counts), so a bank of tens of millions of questions is never held by one process (`benchmarks/bank_scale.py`).
-Both give the same sample. The n-gram rule reads the pool's question text once, a batch at a time (on Ray Data
-with the big partitions), keeping only the ids that match; the pool is read again only for the drawn questions and
-the report's examples. Not covered: stratifying by domain or source (a mixed bank is drawn by level only), and
-paraphrased benchmark questions that share no n-gram (see `exclusions.py`).
+Bank rows are restricted to the pool's questions, marked with the first exclusion rule that removes them and with their
+seeded order keys (`mark_exclusions`), counted per level and mark, and each block gives up its first `quota` questions
+per level (`first_per_level`); the first k per level are then taken among those few, which is the same as `draw` over
+the whole partition. Question-local (`common/buckets.py`): a group of buckets is marked against the pool's same buckets
+alone, so no join or shuffle is needed. A partition of up to `bank.IN_PROCESS_MAX_ROWS` rows is drawn in this process; a
+larger one in Ray tasks, a group each, so a bank of tens of millions of questions is never held by one process
+(`benchmarks/bank_scale.py`). Both give the same sample. The n-gram rule reads the pool's question text once, a batch at
+a time (on Ray Data with the big partitions), keeping only the ids that match; the pool is read again only for the drawn
+questions and the report's examples. Not covered: stratifying by domain or source (a mixed bank is drawn by level only),
+and paraphrased benchmark questions that share no n-gram (see `exclusions.py`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections import Counter
-from dataclasses import asdict, dataclass, field
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -36,17 +35,34 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from adaptcot.common import schemas, storage
+from adaptcot.common.buckets import bucket_keys
 from adaptcot.common.schemas import Level
 from adaptcot.common.settings import Strict
-from adaptcot.grade import bank
+from adaptcot.grade import bank, manifest
+from adaptcot.pool import layout as pool_layout
 from adaptcot.pool.importer import pool_files, read_pool
-from adaptcot.sample.distributions import (LEVEL_NAMES, Distribution, DistributionConfig, DistributionError,
-                                           build_distribution, eval_pool_ids, save_distribution)
-from adaptcot.sample.exclusions import (OVERLAP, Benchmarks, mark_exclusions, ngram_index, order_key,
-                                        overlapping_questions, pool_overlap, previous_sample_ids, read_benchmarks,
-                                        snippet)
+from adaptcot.sample.distributions import (
+    LEVEL_NAMES,
+    Distribution,
+    DistributionConfig,
+    DistributionError,
+    build_distribution,
+    eval_pool_ids,
+    save_distribution,
+)
+from adaptcot.sample.exclusions import (
+    OVERLAP,
+    Benchmarks,
+    ngram_index,
+    order_key,
+    overlapping_questions,
+    pool_overlap,
+    previous_sample_ids,
+    read_benchmarks,
+    snippet,
+)
+from adaptcot.sample.marked import BANK_COLUMNS, Marked
 
-BANK_COLUMNS = ["question_id", "domain", "student", "grader_id", "level", "difficulty_rank"]
 QUESTION_FIELDS = ["question", "reference_answer", "tests", "starter_code"]
 EXAMPLES_PER_REASON = 20  # excluded questions the report shows per decontamination rule (json; lines() shows 5)
 
@@ -138,17 +154,6 @@ def draw(bank_rows: pa.Table, quotas: dict[str, int], seed: int) -> pa.Table:
     return pa.concat_tables(parts).drop_columns(["_order"])
 
 
-def first_per_level(rows: pa.Table, quotas: dict[str, int]) -> pa.Table:
-    """The first quotas[level] rows of each level in `_order` (rows marked excluded left out): what one block
-    contributes to the draw."""
-    rows = rows.filter(pc.is_null(rows["excluded"]))
-    parts = [rows.slice(0, 0)]
-    for level, k in quotas.items():
-        if k:
-            parts.append(rows.filter(pc.equal(rows["level"], level)).sort_by("_order").slice(0, k))
-    return pa.concat_tables(parts)
-
-
 # --- the driver -----------------------------------------------------------------------------------------------
 @dataclass
 class SampleReport:
@@ -197,8 +202,14 @@ class SampleReport:
 def with_questions(drawn: pa.Table, pool_dir: str | Path) -> pa.Table:
     """The drawn bank rows with their question fields from the pool, as a SAMPLES table (row order kept)."""
     ids = drawn["question_id"].combine_chunks()
-    pool = storage.dataset(pool_files(pool_dir), schemas.POOL).to_table(
-        columns=["question_id", *QUESTION_FIELDS], filter=pc.field("question_id").isin(ids))
+    pool_buckets = pool_layout.files_by_bucket(pool_dir)
+    bits = len(next(iter(pool_buckets), ""))
+    wanted = set(bucket_keys(ids, bits).to_pylist()) if bits and len(ids) else set()
+    files = [f for b in sorted(wanted) for f in pool_buckets.get(b, [])]  # only the drawn questions' buckets
+    # One file at a time (no read-ahead): memory stays that of a file, whatever the pool's size.
+    pool = storage.dataset(files, schemas.POOL).to_table(
+        columns=["question_id", *QUESTION_FIELDS], filter=pc.field("question_id").isin(ids), batch_readahead=1,
+        fragment_readahead=1)
     # A positional take, not Table.join: Arrow's hash join does not carry the nested `tests` struct.
     index = {q: i for i, q in enumerate(pool["question_id"].to_pylist())}
     if len(index) != pool.num_rows or len(index) != len(ids):
@@ -227,72 +238,7 @@ def _eval_note(dist: Distribution) -> list[str]:
             f"({p['eval_questions'] - p['graded_eval_questions']} not graded yet)"]
 
 
-class _Marked:
-    """The marked bank rows of the questions in the pool (`mark_exclusions`): a table held here for a small
-    partition, or a Ray dataset materialized in the object store (spilled to disk when large) for a big one.
-    Either way the same two questions are asked of them: the counts per level and mark, and the first k per level."""
-
-    def __init__(self, bank_files: list[str], pool: list[str], config: SampleConfig, drop_ids: dict[str, set[str]],
-                 on_ray: bool):
-        id_sets = {reason: pa.array(sorted(ids), pa.string()) for reason, ids in drop_ids.items()}
-        kwargs = {"domains": config.domains, "drop_ids": id_sets, "seed": config.seed}
-        self.on_ray = on_ray
-        if not on_ray:
-            rows = storage.dataset(bank_files, schemas.BANK).to_table(columns=BANK_COLUMNS)
-            pool_ids = storage.dataset(pool, schemas.POOL).to_table(columns=["question_id"])["question_id"]
-            self.rows = mark_exclusions(rows.filter(pc.is_in(rows["question_id"], value_set=pool_ids)), **kwargs)
-            return
-        joined = storage.ray_dataset(bank_files, BANK_COLUMNS).join(
-            storage.ray_dataset(pool, ["question_id"]), join_type="left_semi", on=("question_id",),
-            num_partitions=storage.hash_partitions(bank_files + pool))
-        self.rows = joined.map_batches(mark_exclusions, fn_kwargs=kwargs, batch_format="pyarrow",
-                                       num_cpus=0.25).materialize()
-
-    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
-        """(questions left per level, rows removed per rule)."""
-        if self.on_ray:
-            groups = [(r["level"], r["excluded"], r["count()"])
-                      for r in self.rows.groupby(["level", "excluded"]).count().take_all()]
-        else:
-            t = self.rows.group_by(["level", "excluded"]).aggregate([("question_id", "count")])
-            groups = list(zip(*(t[c].to_pylist() for c in ("level", "excluded", "question_id_count"))))
-        available, excluded = {lv: 0 for lv in LEVEL_NAMES}, Counter()
-        for level, reason, n in groups:
-            if level not in available:
-                raise schemas.SchemaError(f"bank rows with unknown level {level!r}")
-            if reason is None:
-                available[level] += n
-            else:
-                excluded[reason] += n
-        return available, dict(excluded)
-
-    def firsts(self, quotas: dict[str, int]) -> pa.Table:
-        """Every question that can be among the first quotas[level] of its level: each block's own first ones."""
-        if not self.on_ray:
-            return first_per_level(self.rows, quotas)
-        import ray
-
-        parts = [ray.get(r) for r in self.rows.map_batches(first_per_level, fn_kwargs={"quotas": quotas},
-                                                           batch_format="pyarrow", num_cpus=0.25).to_arrow_refs()]
-        return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in BANK_COLUMNS})
-
-    def first_ids(self, reason: str, k: int) -> list[str]:
-        """The k smallest question ids marked `reason`: each block's k smallest, then the k smallest of those."""
-        if not self.on_ray:
-            return smallest_ids(self.rows, reason, k)["question_id"].to_pylist()
-        import ray
-
-        parts = [ray.get(r) for r in self.rows.map_batches(smallest_ids, fn_kwargs={"reason": reason, "k": k},
-                                                           batch_format="pyarrow", num_cpus=0.25).to_arrow_refs()]
-        return sorted(q for part in parts for q in part["question_id"].to_pylist())[:k]
-
-
-def smallest_ids(rows: pa.Table, reason: str, k: int) -> pa.Table:
-    marked = rows.filter(pc.equal(rows["excluded"], reason)).select(["question_id"])
-    return marked.sort_by("question_id").slice(0, k)
-
-
-def decontamination_examples(marked: _Marked, pool: list[str], benchmarks: Benchmarks, ngram_hits: pa.Table,
+def decontamination_examples(marked: Marked, pool: list[str], benchmarks: Benchmarks, ngram_hits: pa.Table,
                              removed: dict[str, int]) -> dict[str, list[dict]]:
     """Up to EXAMPLES_PER_REASON excluded questions per decontamination rule (the smallest ids), with the benchmark
     question each matched: what the report shows so a user can judge the rules."""
@@ -340,8 +286,8 @@ def sample(bank_root: str | Path, pool_dir: str | Path, student: str, grader_id:
     like the `exclude` lists (identity, then n-grams), and P_eval's eval set may not hold any of them
     (`check_eval_set_overlap`)."""
     overlap = check_eval_set_overlap(config.distribution, list(benchmark_questions))
-    files = bank.part_files(bank_root, "bank", student, grader_id)
-    if not files:
+    stored = manifest.read_manifest(str(bank_root), student, grader_id)
+    if not stored.row_count("bank"):
         raise FileNotFoundError(f"no graded questions for {student} (grader {grader_id}) in {bank_root}; "
                                 "run `adaptcot grade` first (`adaptcot bank summary BANK` lists what is there)")
     if not pool_files(pool_dir):
@@ -351,7 +297,7 @@ def sample(bank_root: str | Path, pool_dir: str | Path, student: str, grader_id:
     dist = None if kind == "uniform" else build_distribution(config.distribution, bank_root, student, grader_id)
     drop_ids = {"eval_set": set(eval_pool_ids(config.distribution.eval_pool).to_pylist())} if kind == "eval" \
         else {}  # training on the eval set would be contamination too
-    bank_rows, pool = storage.row_count(files), pool_files(pool_dir)
+    bank_rows, pool = stored.row_count("bank"), pool_files(pool_dir)
     on_ray = bank_rows > in_process_max_rows
     benchmarks = read_benchmarks(config.exclude, benchmark_questions)
     drop_ids["benchmark"] = set(benchmarks.by_id)
@@ -360,7 +306,7 @@ def sample(bank_root: str | Path, pool_dir: str | Path, student: str, grader_id:
     if ngram:
         drop_ids["benchmark_ngram"] = set(hits["question_id"].to_pylist())
     drop_ids["previous_sample"] = previous_sample_ids(config.exclude_previous)
-    marked = _Marked(files, pool, config, drop_ids, on_ray)
+    marked = Marked(str(bank_root), student, grader_id, str(pool_dir), config.domains, config.seed, drop_ids, on_ray)
     available, removed = marked.counts()
     if dist is None:
         dist = build_distribution(config.distribution, bank_root, student, grader_id, available)

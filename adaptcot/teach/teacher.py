@@ -34,6 +34,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from adaptcot.common import schemas, storage
+from adaptcot.common.lease import Lease
 from adaptcot.common.settings import Strict
 from adaptcot.common.terminal import bar
 from adaptcot.grade.answering import CODE_PROMPT, MATH_PROMPT, SamplingConfig, StudentConfig, build_messages
@@ -64,6 +65,9 @@ class TeacherConfig(Strict):
     def _one_backend(self):
         if (self.endpoint is None) == (self.vllm is None):
             raise ValueError("set exactly one of teacher.endpoint (an API) or teacher.vllm (an in-cluster model)")
+        if self.endpoint is not None and self.sampling.vllm_extra():
+            raise ValueError(f"teacher.sampling.{next(iter(self.sampling.vllm_extra()))}: vLLM sampling fields reach "
+                             "an in-cluster teacher (teacher.vllm) only; an API takes its own in endpoint.extra_body")
         return self
 
     def sampling_key(self) -> str:
@@ -272,6 +276,9 @@ def _write_part(batch: pa.Table, cfg: TeacherConfig, out: str, levels: dict) -> 
 
 
 def teach(samples_path: str | Path, cfg: TeacherConfig, out: str | Path) -> TeachReport:
+    """Write the teacher's CoTs for the sampled questions into `out`, holding its lease (`common/lease.py`): a second
+    run on the same output stops at once, naming the holder, rather than pay for the same requests twice."""
     samples = storage.read_table(str(samples_path))
     schemas.require_columns(samples, ["question_id", "domain", "question"], "teach")
-    return teach_endpoint(samples, cfg, out) if cfg.endpoint else teach_in_cluster(samples, cfg, out)
+    with Lease(storage.join(str(out), "leases"), f"teacher output {out}"):
+        return teach_endpoint(samples, cfg, out) if cfg.endpoint else teach_in_cluster(samples, cfg, out)
