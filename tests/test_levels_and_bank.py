@@ -222,3 +222,27 @@ def test_a_bucket_with_more_samples_than_a_block_is_cut_into_slices_that_cover_i
     keys = out["sample_key"].to_pylist()
     assert len(keys) == len(set(keys)) == left
     assert all(t.num_rows <= 256 + 4 for t in (todo.todo_of_buckets(g, 4) for g in groups))  # about a block
+
+
+def test_the_todo_of_a_second_pool_graded_into_the_same_partition_is_all_of_it(tmp_path):
+    """A partition holds several pools' questions (the training pool, then the eval set): what one pool has left
+    is counted from its own questions, not from how many attempts the partition's buckets hold."""
+    from adaptcot.grade import manifest, todo
+    from adaptcot.pool.layout import add_pool_rows, files_by_bucket, rows_by_bucket
+
+    def pool(directory, start, count):
+        add_pool_rows(directory, pa.Table.from_pylist(
+            [{"question_id": f"{i:032x}", "domain": "math", "question": f"Q{i}", "reference_answer": "1",
+              "source": "t", "source_row": i} for i in range(start, start + count)], schema=schemas.POOL))
+
+    pool(tmp_path / "train", 0, 200)
+    pool(tmp_path / "eval", 10_000, 30)
+    bank.add_rows(tmp_path / "bank", "attempts", "s", "g", _attempts(
+        [{"question_id": f"{i:032x}", "sample_index": 0, "correct": True} for i in range(200)]))
+    bank.add_rows(tmp_path / "bank", "attempts", "s", "g", _attempts(
+        [{"question_id": f"{i:032x}", "sample_index": 0, "correct": True} for i in range(10_000, 10_005)]))
+    stored = manifest.read_manifest(str(tmp_path / "bank"), "s", "g")
+    for directory, expected in (("eval", 25), ("train", 0)):
+        groups, left = todo.todo_groups(files_by_bucket(tmp_path / directory), rows_by_bucket(tmp_path / directory),
+                                        stored, n=1, block_rows=256)
+        assert left == expected == sum(todo.todo_of_buckets(g, 1).num_rows for g in groups)

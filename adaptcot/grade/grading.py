@@ -196,16 +196,21 @@ def block_rows(cfg: GradeConfig) -> int:
 
 def todo_dataset(cfg: GradeConfig, gid: str, share: float | None = None) -> tuple[object, int]:
     """(the samples left to answer as a streaming Ray dataset, how many): the pool's questions x n minus the samples
-    stored for this student and grader, bucket group by bucket group (`todo.py`). The count comes from the
-    manifests (with `share`, from the share's question ids)."""
+    stored for this student and grader, bucket group by bucket group (`todo.py`). The count is exact: from the
+    manifests where nothing is stored, from ids and stored keys elsewhere (with `share`, the share's ids)."""
     n, light = cfg.student.sampling.n, cfg.student.resources.cpus_per_light_stage
     stored = manifest.read_manifest(cfg.bank, cfg.student.display_name, gid)
     pool_rows = pool_layout.rows_by_bucket(cfg.pool)
-    groups, left = todo.todo_groups(pool_layout.files_by_bucket(cfg.pool), pool_rows, stored, n, block_rows(cfg))
+    on_ray = sum(pool_rows.values()) * n > bank.IN_PROCESS_MAX_ROWS
+    groups, left = todo.todo_groups(pool_layout.files_by_bucket(cfg.pool), pool_rows, stored, n, block_rows(cfg),
+                                    on_ray)
     if share is not None:
-        chosen = sum(sum(todo.in_share(b.column(0).to_pylist(), share)) for b in storage.dataset(
-            pool_layout.pool_files(cfg.pool)).scanner(columns=["question_id"]).to_batches())
-        left = max(0, chosen * n - stored.row_count("attempts"))
+        ids = storage.dataset(pool_layout.pool_files(cfg.pool)).to_table(columns=["question_id"])["question_id"]
+        chosen = ids.filter(pa.array(todo.in_share(ids.to_pylist(), share), pa.bool_()))
+        keys = storage.dataset(stored.files("attempts"), schemas.ATTEMPTS).to_table(
+            columns=["question_id", "sample_index"])
+        mine = keys.filter(pc.and_(pc.is_in(keys["question_id"], value_set=chosen), pc.less(keys["sample_index"], n)))
+        left = len(chosen) * n - len(pc.unique(todo.sample_keys(mine["question_id"], mine["sample_index"])))
     return todo.todo_stream(groups, n, share, light), left
 
 

@@ -4,7 +4,8 @@ A group of question buckets (`common/buckets.py`, groups sized by rows) is one t
 rows and their stored sample keys (question id, sample index) and nothing else, and emits the samples not stored,
 a question's n samples together. On Ray Data the groups stream (nothing is materialized before the first token)
 and are cut into blocks of `block_rows` for the engines, so no engine is handed hours of work in one block and a
-retry redoes little. Counting needs no read at all: the pool's and the partition's manifests hold the row counts.
+retry redoes little. Counting reads only ids: none at all for a bucket with nothing stored (the manifests hold the
+row counts), the pool's ids and the stored sample keys for the others.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 
 from adaptcot.common import schemas, storage
 from adaptcot.common.buckets import coarsen, group_buckets
+from adaptcot.common.runtime import run_groups
 from adaptcot.grade.answering import expand_samples
 from adaptcot.grade.manifest import Manifest
 
@@ -25,6 +27,7 @@ POOL_COLUMNS = ["question_id", "domain", "question", "reference_answer", "tests"
 # Samples one todo task emits, about: one block for an engine, a few minutes of its work, so no engine is handed
 # hours in one block and a retry redoes little (`grading.todo_dataset` sizes it from the engine's batch size).
 MAX_BLOCK_ROWS = 4096
+COUNT_GROUP_ROWS = 200_000  # pool questions one counting task reads the ids of
 
 
 def sample_keys(question_ids: pa.Array, sample_index: pa.Array) -> pa.Array:
@@ -87,17 +90,36 @@ def _todo_block(batch: pa.Table, n: int, share: float | None) -> pa.Table:
     return pa.concat_tables([todo_of_buckets(json.loads(g), n, share) for g in batch["buckets"].to_pylist()])
 
 
+def samples_left(buckets: dict[str, dict[str, list[str]]], n: int) -> dict[str, int]:
+    """bucket -> samples of its pool questions not stored yet (ids and keys only are read)."""
+    out = {}
+    for key, files in buckets.items():
+        ids = storage.dataset(files["pool"], schemas.POOL).to_table(columns=["question_id"])["question_id"]
+        stored = storage.dataset(files["attempts"], schemas.ATTEMPTS).to_table(
+            columns=["question_id", "sample_index"])
+        mine = stored.filter(pc.and_(pc.is_in(stored["question_id"], value_set=ids),
+                                     pc.less(stored["sample_index"], n)))
+        out[key] = len(ids) * n - len(pc.unique(sample_keys(mine["question_id"], mine["sample_index"])))
+    return out
+
+
 def todo_groups(pool_buckets: dict[str, list[str]], pool_rows: dict[str, int], stored: Manifest, n: int,
-                block_rows: int) -> tuple[list[dict], int]:
+                block_rows: int, on_ray: bool = False) -> tuple[list[dict], int]:
     """(task payloads, samples left to answer). A payload is a group of buckets with their pool and attempts files
     whose samples left fill about one block of `block_rows`; a bucket with more is cut into that many slices of its
     questions (each slice a task that reads the whole bucket: with buckets of ~ROWS_PER_BUCKET questions, a few).
-    The count comes from the manifests: a bucket's pool rows x n minus its stored samples."""
+    A bucket with no stored sample counts its pool rows x n (from the manifests); the others are counted exactly
+    (`samples_left`, Ray tasks when `on_ray`): a partition may hold other pools' questions, and the count decides
+    the blocks."""
     bits = min([stored.bits] + [len(b) for b in pool_rows][:1])  # pool and bank meet at the coarser buckets
     pool_buckets, pool_rows = coarsen(pool_buckets, bits), coarsen(pool_rows, bits)
-    attempt_rows = coarsen(stored.rows_by_bucket("attempts"), bits)
-    left = {b: max(0, rows * n - attempt_rows.get(b, 0)) for b, rows in pool_rows.items()}
     attempt_files = coarsen(stored.files_by_bucket("attempts"), bits)
+    left = {b: rows * n for b, rows in pool_rows.items()}
+    resumed = {b: pool_rows[b] for b in pool_rows if attempt_files.get(b)}
+    payloads = [{"buckets": {b: {"pool": pool_buckets.get(b, []), "attempts": attempt_files[b]} for b in group}}
+                for group in group_buckets(resumed, COUNT_GROUP_ROWS)]
+    for counted in run_groups(samples_left, payloads, on_ray, n=n):
+        left.update(counted)
     busy = {b: r for b, r in left.items() if r}
 
     def files(b: str) -> dict:
