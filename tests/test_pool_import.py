@@ -4,6 +4,7 @@ import base64
 import csv
 import json
 import pickle
+import shutil
 import zlib
 from pathlib import Path
 
@@ -463,3 +464,20 @@ def test_a_pool_written_before_the_category_column_still_reads(tmp_path):
     report, pool, _ = run_import(tmp_path, [GSM8K_ROW, {"question": "New one?", "answer": "#### 9"}], "math", "gsm8k")
     assert (report.imported, report.already_in_pool) == (1, 1)
     assert [r["category"] for r in pool] == [None, None]
+
+
+def test_a_pool_of_the_older_layout_is_refused_then_migrated_and_added_to(tmp_path):
+    from adaptcot.pool.layout import PoolLayoutError, migrate_pool
+
+    run_import(tmp_path, [GSM8K_ROW], "math", "gsm8k")
+    flat = tmp_path / "pool" / "pool" / "part-old.parquet"  # the layout before buckets: files directly in pool/
+    pq.write_table(read_pool(tmp_path / "pool").cast(schemas.POOL), flat)
+    for path in (tmp_path / "pool" / "pool").glob("bucket=*"):
+        shutil.rmtree(path)
+    (tmp_path / "pool" / "pool_manifest.parquet").unlink()
+    with pytest.raises(PoolLayoutError, match="adaptcot pool migrate"):
+        run_import(tmp_path, [{**GSM8K_ROW, "question": "A new question?"}], "math", "gsm8k", name="more.jsonl")
+    assert migrate_pool(str(tmp_path / "pool")) == 1 and not flat.exists()
+    report, pool, _ = run_import(tmp_path, [{**GSM8K_ROW, "question": "A new question?"}], "math", "gsm8k",
+                                 name="more.jsonl")
+    assert report.imported == 1 and len(pool) == 2

@@ -34,7 +34,15 @@ from adaptcot.common import schemas, storage
 from adaptcot.common.lease import Lease
 from adaptcot.common.settings import Strict
 from adaptcot.common.text import normalise_text, question_id
-from adaptcot.pool.layout import BucketedStage, pool_bits, pool_files, sweep_unlisted
+from adaptcot.pool.layout import (
+    BucketedStage,
+    PoolLayoutError,
+    legacy_files,
+    pool_bits,
+    pool_files,
+    read_parts,
+    sweep_unlisted,
+)
 from adaptcot.pool.near_duplicates import (
     NUM_BUCKETS,
     BucketSpill,
@@ -287,6 +295,9 @@ def import_pool(cfg: PoolImportConfig) -> ImportReport:
     staging = Path(tempfile.mkdtemp(prefix=f"adaptcot-import-{token}-")) if storage.is_remote(out) else \
         Path(out) / f".staging-{token}"
     report = ImportReport()
+    if read_parts(out) is None and legacy_files(out):  # adding to it would hide it: migrate first, by command
+        raise PoolLayoutError(f"{out} is a pool in the layout before question buckets: run `adaptcot pool migrate "
+                              f"{out}` once (it rewrites the pool in place), then import again")
     lease = Lease(storage.join(out, "leases"), f"pool {out}").acquire()
     try:
         sweep_unlisted(out)

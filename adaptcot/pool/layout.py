@@ -113,8 +113,10 @@ class BucketedStage:
             else:
                 Path(target).parent.mkdir(parents=True, exist_ok=True)
                 (self.directory / row["file"]).rename(target)  # staged on the pool's own disk
-        new = pa.Table.from_pylist(self.rows, schema=MANIFEST)
         old = read_parts(out)
+        if not self.rows and old is None:
+            return  # nothing to add, and no manifest to write: a pool of the older layout stays as it was
+        new = pa.Table.from_pylist(self.rows, schema=MANIFEST)
         storage.write_table(pa.concat_tables([old, new]) if old is not None else new,
                             storage.join(out, MANIFEST_NAME))
 
