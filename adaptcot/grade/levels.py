@@ -28,6 +28,7 @@ from pydantic import Field, field_validator, model_validator
 from adaptcot.common import schemas
 from adaptcot.common.schemas import Level
 from adaptcot.common.settings import Strict
+from adaptcot.grade.manifest import conform
 
 WRONG_LEVELS = (Level.WRONG_NEAR, Level.WRONG_MILD, Level.WRONG_MID, Level.WRONG_HARD, Level.WRONG_HARDEST)
 
@@ -189,15 +190,8 @@ def level_rows(stats: pa.Table, grader: GraderConfig, student: str, gid: str, at
         "num_samples": pa.array(decided[gradable], pa.int32()),
         "prm_score": pa.array(np.where(easy, np.nan, prm)[gradable], pa.float64(), from_pandas=True),
         "attempts_ref": pa.array([attempts_ref] * k, pa.string())})
-    rows = conform_bank(rows)
+    rows = conform(rows, schemas.BANK)
     return rows, stats.filter(pc.invert(keep))["question_id"].combine_chunks()
-
-
-def conform_bank(rows: pa.Table) -> pa.Table:
-    for f in schemas.BANK:
-        if f.name not in rows.column_names:
-            rows = rows.append_column(f.name, pa.nulls(rows.num_rows, f.type))
-    return rows.select(schemas.BANK.names).cast(schemas.BANK)
 
 
 def grade_questions(attempts: pa.Table, grader: GraderConfig, student: str, gid: str, attempts_ref: str,
