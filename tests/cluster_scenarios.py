@@ -194,7 +194,8 @@ def teach_kill(work: Path) -> dict:
 def autoscale(work: Path) -> dict:
     from adaptcot.grade import grading
 
-    # Six pool files: six blocks to share out (a block is answered by one engine; `select_todo` keeps a file whole).
+    # 240 samples: one block at the engine's batch size, cut into six (two per engine of the [1, 3] pool) so the
+    # engines that start on joining nodes have blocks to take.
     models = world(work, math=120, code=0, math_files=6)
     # Ray Data grows an actor pool at 1.75 tasks in flight per actor: whether a second block is queued in time on a
     # 2-core machine is a race between the upstream stages and the engine. At 1.0 a busy engine with blocks waiting

@@ -246,3 +246,25 @@ def test_the_todo_of_a_second_pool_graded_into_the_same_partition_is_all_of_it(t
         groups, left = todo.todo_groups(files_by_bucket(tmp_path / directory), rows_by_bucket(tmp_path / directory),
                                         stored, n=1, block_rows=256)
         assert left == expected == sum(todo.todo_of_buckets(g, 1).num_rows for g in groups)
+
+
+def test_a_todo_smaller_than_a_block_is_still_shared_among_the_engines(tmp_path):
+    """120 questions x 2 samples fit in one 256-row block; with up to three engines it is cut into six or more
+    blocks (two per engine), none smaller than an engine batch, covering every sample once."""
+    from adaptcot.grade import manifest, todo
+    from adaptcot.pool.layout import add_pool_rows, files_by_bucket, rows_by_bucket
+
+    add_pool_rows(tmp_path / "pool", pa.Table.from_pylist(
+        [{"question_id": f"{i * 7919:032x}", "domain": "math", "question": f"Q{i}", "reference_answer": "1",
+          "source": "t", "source_row": i} for i in range(120)], schema=schemas.POOL))
+    bank.add_rows(tmp_path / "bank", "attempts", "s", "g", _attempts(  # another pool's question
+        [{"question_id": f"{10**6:032x}", "sample_index": 0, "correct": True}]))
+    stored = manifest.read_manifest(str(tmp_path / "bank"), "s", "g")
+    args = (files_by_bucket(tmp_path / "pool"), rows_by_bucket(tmp_path / "pool"), stored)
+    one, _ = todo.todo_groups(*args, n=2, block_rows=256)
+    shared, left = todo.todo_groups(*args, n=2, block_rows=256, min_blocks=6, smallest_block=4)
+    blocks = [todo.todo_of_buckets(g, 2) for g in shared]
+    assert len(one) == 1 and len(blocks) >= 6 and left == 240
+    keys = pa.concat_tables(blocks)["sample_key"].to_pylist()
+    assert len(keys) == len(set(keys)) == 240
+    assert min(b.num_rows for b in blocks) >= 4

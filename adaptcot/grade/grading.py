@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from adaptcot.common import schemas, storage
-from adaptcot.common.settings import Strict
+from adaptcot.common.settings import Strict, pool_max
 from adaptcot.common.terminal import bar
 from adaptcot.grade import bank, calibration, manifest, todo
 from adaptcot.grade.answering import StudentConfig, answer_processor, to_attempt_row
@@ -202,8 +202,10 @@ def todo_dataset(cfg: GradeConfig, gid: str, share: float | None = None) -> tupl
     stored = manifest.read_manifest(cfg.bank, cfg.student.display_name, gid)
     pool_rows = pool_layout.rows_by_bucket(cfg.pool)
     on_ray = sum(pool_rows.values()) * n > bank.IN_PROCESS_MAX_ROWS
+    res = cfg.student.resources
+    # Two blocks per engine at the least: a small todo is not all handed to the first engine up.
     groups, left = todo.todo_groups(pool_layout.files_by_bucket(cfg.pool), pool_rows, stored, n, block_rows(cfg),
-                                    on_ray)
+                                    on_ray, min_blocks=2 * pool_max(res.concurrency), smallest_block=res.batch_size)
     if share is not None:
         ids = storage.dataset(pool_layout.pool_files(cfg.pool)).to_table(columns=["question_id"])["question_id"]
         chosen = ids.filter(pa.array(todo.in_share(ids.to_pylist(), share), pa.bool_()))

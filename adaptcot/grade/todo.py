@@ -104,10 +104,13 @@ def samples_left(buckets: dict[str, dict[str, list[str]]], n: int) -> dict[str, 
 
 
 def todo_groups(pool_buckets: dict[str, list[str]], pool_rows: dict[str, int], stored: Manifest, n: int,
-                block_rows: int, on_ray: bool = False) -> tuple[list[dict], int]:
+                block_rows: int, on_ray: bool = False, min_blocks: int = 1,
+                smallest_block: int = 1) -> tuple[list[dict], int]:
     """(task payloads, samples left to answer). A payload is a group of buckets with their pool and attempts files
     whose samples left fill about one block of `block_rows`; a bucket with more is cut into that many slices of its
     questions (each slice a task that reads the whole bucket: with buckets of ~ROWS_PER_BUCKET questions, a few).
+    A small todo is cut into at least `min_blocks` blocks (of at least `smallest_block` samples), so every engine of
+    the pool, including those on nodes that join, gets a share of it.
     A bucket with no stored sample counts its pool rows x n (from the manifests); the others are counted exactly
     (`samples_left`, Ray tasks when `on_ray`): a partition may hold other pools' questions, and the count decides
     the blocks."""
@@ -121,6 +124,7 @@ def todo_groups(pool_buckets: dict[str, list[str]], pool_rows: dict[str, int], s
     for counted in run_groups(samples_left, payloads, on_ray, n=n):
         left.update(counted)
     busy = {b: r for b, r in left.items() if r}
+    block_rows = max(smallest_block, min(block_rows, -(-sum(busy.values()) // min_blocks)))
 
     def files(b: str) -> dict:
         return {"pool": pool_buckets.get(b, []), "attempts": attempt_files.get(b, [])}
