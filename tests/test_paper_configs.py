@@ -128,7 +128,7 @@ def test_zte_runs_end_to_end_with_only_models_sources_endpoint_benchmarks_and_si
         "grade.prm.batch_size": "32", "grade.verify": "{num_cpus: 0.1}", "filter.num_cpus": "0.1",
         "filter.concurrency": "1", "train.num_workers": "1", "train.cpus_per_worker": "1", "train.use_gpu": "false",
         "train.bf16": "false", "train.gradient_checkpointing": "false", "train.fsdp": "''", "train.fsdp_config": "{}",
-        "train.torch_threads": "2",
+        "train.attn_implementation": "null", "train.torch_threads": "2",
     }
     try:
         cmd = [sys.executable, "-m", "adaptcot", "run", "--config", str(CONFIGS / "zte.yaml"),

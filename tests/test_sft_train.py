@@ -16,9 +16,10 @@ import pytest
 import yaml
 
 from adaptcot.common.schemas import SFT_RECORDS, SchemaError
+from adaptcot.sft.loss import kind_sums
 from adaptcot.sft.order import DatasetError, cascod_pairs, padding_fraction, prepare, tokenize_records, training_order
 from adaptcot.sft.train_config import TrainConfig
-from adaptcot.sft.trainer import SFTCollator, per_kind_losses
+from adaptcot.sft.trainer import SFTCollator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,8 +114,10 @@ def test_cascod_joint_loss_weights_the_two_objectives(tokenizer, student):
     collate = SFTCollator(pad_id=0, packed=True)
     with torch.no_grad():
         batch = collate(examples)
-        both = per_kind_losses(student(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                                       use_cache=False).logits, batch["labels"], batch["token_kind"])
+        hidden = student.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                               use_cache=False).last_hidden_state
+        sums = kind_sums(hidden, student.lm_head.weight, student.lm_head.bias, batch["labels"], batch["token_kind"])
+        both = {code: s / c for code, (s, c) in sums.items()}
         for code in (1, 2):  # each objective's loss equals the model's own loss on that objective's records alone
             only = collate([ex for ex in examples if ex["kind"] == code])
             expected = student(input_ids=only["input_ids"], position_ids=only["position_ids"],

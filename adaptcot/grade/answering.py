@@ -10,6 +10,10 @@
   torch, transformers and vLLM) and CPU for work the engine does anyway: vLLM tokenizes a text prompt and detokenizes
   its output itself (`SamplingParams.detokenize`, on by default). The chat template is applied in the preprocess
   tasks, with a tokenizer loaded once per worker process.
+- `lora_adapter`: a student given as a peft LoRA adapter directory (`train.lora.export: adapter` writes one) is
+  served as its base model (named in the adapter's `adapter_config.json`) with `enable_lora`, every request naming
+  the adapter in ray.data.llm's `model` column; an adapter on `s3://` / `gs://` is fetched by ray.data.llm
+  (`dynamic_lora_loading_path`). Adapters named by hub id are not looked for.
 - `to_attempt_row` (pure): a processor output row -> an attempt row. A request the engine refused (e.g. a prompt
   longer than the model's context) comes back as an error row with its message; the job goes on.
 - `writes_harmony` / `sampling_params` (pure): gpt-oss models write harmony channels (`common/reasoning.py`), whose
@@ -26,7 +30,10 @@ all of `max_tokens` was cut off (`length`), any other ended at EOS or a configur
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -35,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from adaptcot.common import storage
 from adaptcot.common.schemas import tests_from_json
 from adaptcot.common.settings import ActorPoolSize, Strict, pool_max
 
@@ -228,6 +236,48 @@ def engine_kwargs(cfg: StudentConfig) -> dict:
             "pipeline_parallel_size": eng.pipeline_parallel_size, **eng.extra}
 
 
+# vLLM's allowed `max_lora_rank` values (vllm.config.lora.MaxLoRARanks; importing vLLM on the driver costs seconds).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A peft LoRA adapter directory (local or a URI), served by vLLM on top of its base model."""
+    path: str
+    base: str
+    rank: int
+
+    def engine_kwargs(self) -> dict:
+        rank = next((r for r in VLLM_LORA_RANKS if r >= self.rank), None)
+        if rank is None:
+            raise ValueError(f"{self.path}: LoRA rank {self.rank} is above vLLM's largest, {VLLM_LORA_RANKS[-1]}")
+        return {"enable_lora": True, "max_lora_rank": rank}
+
+    @property
+    def loading_path(self) -> str | None:
+        """ray.data.llm's `dynamic_lora_loading_path`: where it fetches a remote adapter from (None: a local one)."""
+        return storage.parent(self.path) if storage.is_remote(self.path) else None
+
+    @property
+    def request_model(self) -> str:
+        """The `model` column of each request: the adapter's folder under `loading_path`, or its local path."""
+        return storage.name(self.path) if storage.is_remote(self.path) else os.path.abspath(self.path)
+
+
+def lora_adapter(model: str) -> LoraAdapter | None:
+    """`model` as a LoRA adapter (a directory with peft's `adapter_config.json`, which names the base model), or
+    None for a full model."""
+    config_path = storage.join(model, "adapter_config.json")
+    if not storage.exists(config_path):
+        return None
+    config = json.loads(storage.read_text(config_path))
+    if not config.get("base_model_name_or_path"):
+        raise ValueError(f"{model} is a LoRA adapter that does not name its base model (base_model_name_or_path in "
+                         "adapter_config.json)")
+    rank = max([int(config["r"]), *map(int, (config.get("rank_pattern") or {}).values())])
+    return LoraAdapter(path=model, base=config["base_model_name_or_path"], rank=rank)
+
+
 def answer_processor(cfg: StudentConfig, row_sampling: Callable[[dict], dict] | None = None):
     """The `ray.data.llm` processor that answers expanded pool rows (see module docstring). `row_sampling(row)`, if
     given: sampling parameters of that row's request over the config's (e.g. a longer max_tokens for some rows)."""
@@ -235,21 +285,25 @@ def answer_processor(cfg: StudentConfig, row_sampling: Callable[[dict], dict] | 
 
     res = cfg.resources
     light = {"num_cpus": res.cpus_per_light_stage}
-    kwargs = engine_kwargs(cfg)
+    adapter = lora_adapter(cfg.model)  # None: a full model
+    kwargs = {**(adapter.engine_kwargs() if adapter else {}), **engine_kwargs(cfg)}  # engine.extra may override
+    engine_model = adapter.base if adapter else cfg.model
     placement = None if res.use_gpu else {"bundles": [{"CPU": res.cpus_per_engine}]}
     # Only the engine stage: vLLM tokenizes the prompt text and detokenizes its output itself (module docstring).
     processor_cfg = vLLMEngineProcessorConfig(
-        model_source=cfg.model, engine_kwargs=kwargs, batch_size=res.batch_size,
+        model_source=engine_model, engine_kwargs=kwargs, batch_size=res.batch_size,
         concurrency=res.concurrency, max_concurrent_batches=res.max_concurrent_batches,
         should_continue_on_error=True, log_engine_metrics=False, placement_group_config=placement,
         chat_template_stage=False, tokenize_stage=False, detokenize_stage=False,
+        dynamic_lora_loading_path=adapter.loading_path if adapter else None,
     )
-    params, model, trust = sampling_params(cfg), cfg.model, bool(kwargs.get("trust_remote_code", False))
+    params, model, trust = sampling_params(cfg), engine_model, bool(kwargs.get("trust_remote_code", False))
+    lora = {"model": adapter.request_model} if adapter else {}  # ray.data.llm: a LoRA request for this adapter
 
     def preprocess(row: dict) -> dict:
         mine = {**params, **row_sampling(row)} if row_sampling else params
         return {"prompt": chat_prompt(build_messages(row, cfg), model, trust), "sampling_params": mine,
-                "max_tokens": mine["max_tokens"], **{k: row[k] for k in CARRIED}}
+                "max_tokens": mine["max_tokens"], **lora, **{k: row[k] for k in CARRIED}}
 
     def postprocess(row: dict) -> dict:
         n_tokens = int(row["num_generated_tokens"])

@@ -20,9 +20,11 @@ Batching: `grouped` (default) pads micro-batches of similar length (sorted withi
 micro-batches); `packed` concatenates a micro-batch's examples into one row (`trainer.SFTCollator`); `plain` pads
 shuffled ones.
 
-Not covered: datasets larger than one worker's memory (the tokenised order is read whole by every worker); in
-`two_phase` a micro-batch may hold the last rationale records and the first answer records (the phases meet inside
-it when the rationale phase's length is not a multiple of `per_device_batch_size`).
+The functions are pure; `ray_train.prepare_data` runs `tokenize_batch` on Ray Data and builds the order from ids,
+kinds and lengths alone (no token ids in the driver).
+
+Not covered: in `two_phase` a micro-batch may hold the last rationale records and the first answer records (the
+phases meet inside it when the rationale phase's length is not a multiple of `per_device_batch_size`).
 """
 
 from __future__ import annotations
@@ -32,16 +34,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from adaptcot.common.schemas import require_columns
 from adaptcot.sft.train_config import TrainConfig
 
 KIND_CODES = {"cot": 0, "cascod_rationale": 1, "cascod_answer": 2}
 RECORD_COLUMNS = ("record_id", "question_id", "kind", "messages")
-ORDER_SCHEMA = pa.schema([
-    pa.field("record_id", pa.string()), pa.field("kind", pa.string()), pa.field("input_ids", pa.list_(pa.int32())),
-    pa.field("prompt_tokens", pa.int32()), pa.field("phase", pa.int8()), pa.field("epoch", pa.int16()),
-])
+# What an order row carries from its token row (`token_row`: where the ids are in the tokenised files, when the
+# order is built without them), plus its phase and epoch.
+ORDER_CARRIES = ("record_id", "kind", "input_ids", "token_row", "n_tokens", "prompt_tokens")
 MEGA_BATCH = 64  # micro-batches sorted together in `grouped` batching (transformers' LengthGroupedSampler uses 50)
 
 
@@ -81,51 +83,83 @@ class DataReport:
                        f"{self.padding_fraction:.3f}")]
 
 
-def tokenize_records(records: pa.Table, tokenizer, cfg: TrainConfig) -> tuple[pa.Table, DataReport]:
-    """Chat records -> (record_id, kind, input_ids, prompt_tokens) for the objective's kinds; DataReport of the rest."""
+TOKENS_SCHEMA = pa.schema([
+    pa.field("record_id", pa.string()), pa.field("kind", pa.string()), pa.field("level", pa.string()),
+    # ok, too_long, empty_target, other_kind (not this objective's)
+    pa.field("status", pa.string()), pa.field("input_ids", pa.list_(pa.int32())), pa.field("n_tokens", pa.int32()),
+    pa.field("prompt_tokens", pa.int32()),
+])
+
+
+def tokenize_batch(records: pa.Table, tokenizer, cfg: TrainConfig) -> pa.Table:
+    """Chat records -> one TOKENS_SCHEMA row each: the token ids of the objective's records that fit (`ok`), and
+    why the others are not trained on. Pure and per batch: it runs on Ray Data (`ray_train.tokenize_on_ray`)."""
     require_columns(records, RECORD_COLUMNS, "train")
-    report = DataReport(records=records.num_rows)
-    kinds = Counter(records["kind"].to_pylist())
     wanted = cfg.kinds()
-    report.by_kind = {k: kinds.get(k, 0) for k in wanted}
-    report.ignored_kinds = {k: n for k, n in kinds.items() if k not in wanted}
-    out = {"record_id": [], "kind": [], "input_ids": [], "prompt_tokens": []}
-    columns = ["record_id", "kind", "messages"] + (["level"] if "level" in records.column_names else [])
-    for row in records.select(columns).to_pylist():
+    out = {name: [] for name in TOKENS_SCHEMA.names}
+    levels = records["level"].to_pylist() if "level" in records.column_names else [None] * records.num_rows
+    for row, level in zip(records.select(["record_id", "kind", "messages"]).to_pylist(), levels):
+        ids, prompt_len, status = [], 0, "ok"
         if row["kind"] not in wanted:
-            continue
-        messages = row["messages"]
-        if not messages or messages[-1]["role"] != "assistant":
-            raise DatasetError(f"record {row['record_id']}: the last message must be the assistant's")
-        prompt = _chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
-        full = _chat_ids(tokenizer, messages, add_generation_prompt=False)
-        if full[:len(prompt)] != prompt:
-            raise DatasetError(f"record {row['record_id']}: the chat template does not render the conversation as "
-                               f"its prompt followed by the assistant turn, so the assistant tokens cannot be found")
-        if len(full) == len(prompt) or not messages[-1]["content"].strip():
-            report.empty_target += 1
-            continue
-        if len(full) > cfg.max_seq_len:
+            status = "other_kind"
+        else:
+            messages = row["messages"]
+            if not messages or messages[-1]["role"] != "assistant":
+                raise DatasetError(f"record {row['record_id']}: the last message must be the assistant's")
+            prompt = _chat_ids(tokenizer, messages[:-1], add_generation_prompt=True)
+            ids = _chat_ids(tokenizer, messages, add_generation_prompt=False)
+            if ids[:len(prompt)] != prompt:
+                raise DatasetError(f"record {row['record_id']}: the chat template does not render the conversation "
+                                   f"as its prompt followed by the assistant turn, so the assistant tokens cannot be "
+                                   f"found")
+            prompt_len = len(prompt)
+            if len(ids) == len(prompt) or not messages[-1]["content"].strip():
+                status = "empty_target"
+            elif len(ids) > cfg.max_seq_len:
+                status = "too_long"
+        for name, value in (("record_id", row["record_id"]), ("kind", row["kind"]), ("level", level),
+                            ("status", status), ("input_ids", ids if status == "ok" else []),
+                            ("n_tokens", len(ids)), ("prompt_tokens", prompt_len)):
+            out[name].append(value)
+    return pa.table(out, schema=TOKENS_SCHEMA)
+
+
+def count_statuses(tokens: pa.Table, cfg: TrainConfig) -> DataReport:
+    """The report of a tokenised dataset (TOKENS_SCHEMA; `input_ids` not needed): what is used, what is dropped and
+    why. Fails as `too_long: fail` asks. The used records' counts are filled in by `measure`."""
+    kinds, statuses, levels = (tokens[c].to_pylist() for c in ("kind", "status", "level"))
+    report = DataReport(records=tokens.num_rows)
+    counted = Counter(kinds)
+    report.by_kind = {k: counted.get(k, 0) for k in cfg.kinds()}
+    report.ignored_kinds = {k: n for k, n in counted.items() if k not in cfg.kinds()}
+    report.empty_target = statuses.count("empty_target")
+    for status, level in zip(statuses, levels):
+        if status == "too_long":
             report.too_long += 1
-            level = row.get("level") or "unknown"
-            report.too_long_by_level[level] = report.too_long_by_level.get(level, 0) + 1
-            continue
-        out["record_id"].append(row["record_id"])
-        out["kind"].append(row["kind"])
-        out["input_ids"].append(full)
-        out["prompt_tokens"].append(len(prompt))
+            report.too_long_by_level[level or "unknown"] = report.too_long_by_level.get(level or "unknown", 0) + 1
     if report.too_long and cfg.too_long == "fail":
         raise DatasetError(f"{report.too_long} of {sum(report.by_kind.values())} records are longer than max_seq_len "
                            f"{cfg.max_seq_len} tokens (too_long: fail); raise max_seq_len or set too_long: drop")
-    table = pa.table({"record_id": pa.array(out["record_id"], pa.string()), "kind": pa.array(out["kind"], pa.string()),
-                      "input_ids": pa.array(out["input_ids"], pa.list_(pa.int32())),
-                      "prompt_tokens": pa.array(out["prompt_tokens"], pa.int32())})
-    return table, measure(table, report)
+    return report
+
+
+def tokenize_records(records: pa.Table, tokenizer, cfg: TrainConfig) -> tuple[pa.Table, DataReport]:
+    """Chat records -> (the rows to train on, TOKENS_SCHEMA, by record id; DataReport of all of them), in process."""
+    tokens = tokenize_batch(records, tokenizer, cfg)
+    report = count_statuses(tokens, cfg)
+    used = sort_by_record(tokens.filter(pa.compute.equal(tokens["status"], "ok")))
+    return used, measure(used, report)
+
+
+def sort_by_record(tokens: pa.Table) -> pa.Table:
+    """Rows by record id: the training order then depends on the records and the seed, not on how a reader (or
+    Ray Data's tokenisation) laid the rows out."""
+    return tokens.sort_by("record_id")
 
 
 def measure(tokens: pa.Table, report: DataReport) -> DataReport:
     """Count the records left to train on (`used`, tokens, longest) into the report; none left is an error."""
-    lengths = [len(x) for x in tokens["input_ids"].to_pylist()]
+    lengths = tokens["n_tokens"].to_pylist()
     report.used, report.tokens, report.max_len = len(lengths), sum(lengths), max(lengths, default=0)
     report.target_tokens = report.tokens - sum(tokens["prompt_tokens"].to_pylist())
     if report.used == 0:
@@ -158,14 +192,14 @@ def _chat_ids(tokenizer, messages: list[dict], add_generation_prompt: bool) -> l
 
 
 def training_order(tokens: pa.Table, cfg: TrainConfig, pair_of: dict[str, str] | None = None) -> pa.Table:
-    """Every example of the run in the order it is trained (schema ORDER_SCHEMA), seeded.
+    """Every example of the run in the order it is trained (ORDER_CARRIES of its record, phase, epoch), seeded.
 
     `pair_of` maps a CasCoD record id to the id of its partner (same question and CoT); joint training keeps the
     two next to each other."""
     rng = random.Random(cfg.seed)
     ids = tokens["record_id"].to_pylist()
     kinds = tokens["kind"].to_pylist()
-    lengths = [len(x) for x in tokens["input_ids"].to_pylist()]
+    lengths = tokens["n_tokens"].to_pylist()
     if cfg.objective == "cascod" and cfg.cascod.mode == "two_phase":
         phases = [[i for i, k in enumerate(kinds) if k == kind] for kind in ("cascod_rationale", "cascod_answer")]
         units_by_phase = [[[i] for i in phase] for phase in phases]
@@ -181,12 +215,10 @@ def training_order(tokens: pa.Table, cfg: TrainConfig, pair_of: dict[str, str] |
             if cfg.batching == "grouped":
                 shuffled = _group_by_length(shuffled, lengths, cfg.per_device_batch_size, rng)
             rows += [(i, phase, epoch) for unit in shuffled for i in unit]
-    take = pa.array([r[0] for r in rows], pa.int64())
-    ordered = tokens.take(take)
-    return pa.table({"record_id": ordered["record_id"], "kind": ordered["kind"], "input_ids": ordered["input_ids"],
-                     "prompt_tokens": ordered["prompt_tokens"],
-                     "phase": pa.array([r[1] for r in rows], pa.int8()),
-                     "epoch": pa.array([r[2] for r in rows], pa.int16())}, schema=ORDER_SCHEMA)
+    ordered = tokens.take(pa.array([r[0] for r in rows], pa.int64()))
+    columns = {c: ordered[c] for c in ORDER_CARRIES if c in ordered.column_names}
+    return pa.table({**columns, "phase": pa.array([r[1] for r in rows], pa.int8()),
+                     "epoch": pa.array([r[2] for r in rows], pa.int16())})
 
 
 def _pairs(ids: list[str], kinds: list[str], pair_of: dict[str, str]) -> list[list[int]]:
@@ -262,7 +294,13 @@ def prepare(records: pa.Table, tokenizer, cfg: TrainConfig) -> tuple[pa.Table, D
     if pairs is not None:
         tokens = keep_whole_pairs(tokens, pairs, cfg, report)
     order = training_order(tokens, cfg, pairs)
-    lengths = [len(x) for x in order["input_ids"].to_pylist()]
+    return order, order_report(order, cfg, report)
+
+
+def order_report(order: pa.Table, cfg: TrainConfig, report: DataReport) -> DataReport:
+    """Count the order's examples, micro-batches and padding into the report; fewer examples than one optimizer
+    step is an error."""
+    lengths = order["n_tokens"].to_pylist()
     report.examples = order.num_rows
     report.micro_batches = len(micro_batches(order.num_rows, cfg))
     report.padding_fraction = round(padding_fraction(lengths, cfg), 4)
@@ -270,4 +308,4 @@ def prepare(records: pa.Table, tokenizer, cfg: TrainConfig) -> tuple[pa.Table, D
     if order.num_rows < per_step:
         raise DatasetError(f"{order.num_rows} examples are fewer than one optimizer step's {per_step} "
                            f"(per_device_batch_size x num_workers x grad_accum)")
-    return order, report
+    return report

@@ -21,6 +21,17 @@ class CasCoDConfig(Strict):
     alpha: float = Field(default=0.5, ge=0.0, le=1.0)  # weight of the answer step in the joint loss
 
 
+class LoraConfig(Strict):
+    """LoRA adapters (peft) instead of full fine-tuning: for a 7B+ student on a few GPUs."""
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"  # peft's name for every linear layer but the LM head
+    # merged: one Hugging Face model (base + adapter), loaded like any model; adapter: the adapter alone (small),
+    # served by vLLM on top of the base model (evaluation does it with enable_lora).
+    export: Literal["merged", "adapter"] = "merged"
+
+
 class TrainConfig(Strict):
     # Hugging Face hub name or local directory ("{run_dir}/..." allowed); default: the graded student's model.
     model: str | None = None
@@ -54,9 +65,15 @@ class TrainConfig(Strict):
     cpus_per_worker: float = Field(default=1.0, gt=0)
     use_gpu: bool = False
     torch_threads: int | None = Field(default=None, ge=1)  # CPU workers: intra-op threads per worker
+    # bf16 compute on GPUs; the weights (FSDP's sharded parameters, the optimizer's master copy) stay float32.
     bf16: bool = False
-    gradient_checkpointing: bool = False
-    fsdp: str = ""  # transformers' `fsdp` string, e.g. "full_shard auto_wrap"
+    gradient_checkpointing: bool = False  # under FSDP: FSDP's activation checkpointing (transformers' advice)
+    # The fused linear cross-entropy (`loss.py`): torch's chunked kernel, or Liger's Triton kernel on GPUs.
+    loss_kernel: Literal["torch", "liger"] = "torch"
+    lora: LoraConfig | None = None
+    # FSDP2 with adaptcot's defaults (`distributed.py`); transformers' older words ("full_shard auto_wrap") are
+    # read too. `fsdp_config` keys (transformers' names) override the defaults.
+    fsdp: bool | str = False
     fsdp_config: dict[str, Any] = {}
     deepspeed: dict[str, Any] | None = None  # a DeepSpeed config dict
     report_to: list[Literal["mlflow", "wandb", "tensorboard"]] = []  # their standard transformers callbacks
@@ -68,10 +85,23 @@ class TrainConfig(Strict):
                              "answer record share each micro-batch)")
         if self.bf16 and not self.use_gpu:
             raise ValueError("bf16 is for GPU workers (use_gpu: true); CPU training runs in float32")
+        if isinstance(self.fsdp, str):
+            unknown = [w for w in self.fsdp.split() if w not in ("full_shard", "shard_grad_op", "offload",
+                                                                  "auto_wrap")]
+            if unknown:
+                raise ValueError(f"fsdp: unknown word(s) {unknown}; use fsdp: true and fsdp_config keys (FSDP2)")
         if self.fsdp and self.deepspeed:
             raise ValueError("choose one of fsdp and deepspeed")
         if (self.fsdp or self.deepspeed) and not self.use_gpu:
             raise ValueError("fsdp / deepspeed settings are for GPU workers (use_gpu: true)")
+        if self.loss_kernel == "liger":
+            if not self.use_gpu:
+                raise ValueError("loss_kernel: liger is a GPU (Triton) kernel; CPU workers use loss_kernel: torch")
+            try:
+                __import__("liger_kernel")
+            except ImportError:
+                raise ValueError("loss_kernel: liger needs the `liger-kernel` package (pip install "
+                                 "'adaptcot[gpu]')") from None
         for name in self.report_to:
             module = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboard"}[name]
             try:

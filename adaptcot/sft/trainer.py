@@ -1,6 +1,6 @@
 """Worker side of SFT: transformers' `Trainer` in each Ray Train worker (objectives: METHOD.md §2).
 
-- `cot`: q -> reasoning + answer; the model's own token-mean loss.
+- `cot`: q -> reasoning + answer; the token mean over the accumulated batch, on all devices (as transformers does).
 - `cascod` / `joint`: L = (1 - alpha) * L(q -> r) + alpha * L(q, r -> a), each L a token mean over its own records
   in the micro-batch (a micro-batch lacking one kind gets only the other's term); both are logged
   (`loss_rationale`, `loss_answer`).
@@ -15,24 +15,29 @@ carries each token's objective (rationale or answer) for the CasCoD loss; packed
 which transformers turns into a block-diagonal causal mask (fast only with a variable-length attention kernel such
 as flash-attention 2).
 
-Not covered: sequence parallelism for CoTs beyond one device's memory; a chunked cross-entropy for huge
-vocabularies (the joint loss materialises float32 logits of the micro-batch).
+The loss is the fused one of `loss.py` (no full-sequence logits); the model is loaded float32 whatever `bf16` says
+(`distributed.py`); each worker reads its share of the order (`shards.py`).
+
+Not covered: sequence parallelism for CoTs beyond one device's memory.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from adaptcot.common import storage
+from adaptcot.sft import lora
+from adaptcot.sft.distributed import parallel_arguments, worker_environment
+from adaptcot.sft.loss import use_fused_loss
 from adaptcot.sft.order import KIND_CODES, optimizer_steps
+from adaptcot.sft.shards import ShardDataset, shard_name
 from adaptcot.sft.train_config import TrainConfig
 
 
@@ -88,22 +93,6 @@ class SFTCollator:
         return batch
 
 
-def per_kind_losses(logits, labels, token_kind) -> dict[int, Any]:
-    """Token-mean next-token cross-entropy per objective code present in the batch."""
-    import torch.nn.functional as F
-
-    logits = logits[:, :-1].float()
-    targets, kinds = labels[:, 1:], token_kind[:, 1:]
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
-                         reduction="none").view_as(targets)
-    counted = targets != -100
-    out = {}
-    for code in kinds[counted].unique().tolist():
-        mask = counted & (kinds == code)
-        out[int(code)] = (ce * mask).sum() / mask.sum()
-    return out
-
-
 def make_trainer_class():
     """A `Trainer` that computes the CasCoD joint loss, counts tokens and padding, and logs the per-objective losses."""
     import torch
@@ -112,9 +101,10 @@ def make_trainer_class():
     class SFTTrainer(Trainer):
         def __init__(self, *args, alpha: float | None = None, **kwargs):
             super().__init__(*args, **kwargs)
-            self.alpha = alpha  # None: the model's own loss (one objective)
-            if alpha is not None:
-                self.model_accepts_loss_kwargs = False  # our loss is a per-micro-batch mean: the Trainer scales it
+            self.alpha = alpha  # None: one objective, the token mean over the whole accumulated batch
+            # cot: the Trainer counts the accumulated batch's tokens (all devices) and passes them in, as for the
+            # model's own loss; joint CasCoD: a per-micro-batch mean, which the Trainer divides by the accumulation.
+            self.model_accepts_loss_kwargs = alpha is None
             self._counts = torch.zeros(2, dtype=torch.float64)  # tokens fed, pad tokens fed (since the last log)
             self._kind_sums: dict[int, tuple[float, int]] = {}  # objective code -> (sum of losses, micro-batches)
             self._last_log = time.perf_counter()
@@ -124,13 +114,19 @@ def make_trainer_class():
             fed = inputs["input_ids"].numel()
             real = int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else fed
             self._counts += torch.tensor([fed, fed - real], dtype=torch.float64)
+            outputs = model(**inputs, token_kind=token_kind)  # `loss.use_fused_loss`: sums, never logits
+            sums = outputs["kind_sums"]
             if self.alpha is None:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            labels = inputs.pop("labels")
-            outputs = model(**inputs)
-            losses = per_kind_losses(outputs.logits, labels, token_kind)
+                total = sum(s for s, _ in sums.values()) + outputs["zero"]
+                if num_items_in_batch is None:
+                    return total / max(int(sum(c for _, c in sums.values())), 1)
+                loss = total / num_items_in_batch
+                if self.args.average_tokens_across_devices:  # the Trainer's own scaling of a summed token loss
+                    loss = loss * self.accelerator.num_processes
+                return (loss, outputs) if return_outputs else loss
+            losses = {code: s / c for code, (s, c) in sums.items()}
             weights = {KIND_CODES["cascod_rationale"]: 1.0 - self.alpha, KIND_CODES["cascod_answer"]: self.alpha}
-            loss = sum(weights[code] * value for code, value in losses.items())
+            loss = sum((weights[code] * value for code, value in losses.items()), outputs["zero"])
             for code, value in losses.items():
                 total, n = self._kind_sums.get(code, (0.0, 0))
                 self._kind_sums[code] = (total + float(value.detach()), n + 1)
@@ -194,10 +190,22 @@ def training_arguments(cfg: TrainConfig, n_examples: int, output_dir: str):
         warmup_steps=math.ceil(cfg.warmup_ratio * steps), max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
         logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1,
         train_sampling_strategy="sequential", remove_unused_columns=False, dataloader_drop_last=False,
-        bf16=cfg.bf16, use_cpu=not cfg.use_gpu, gradient_checkpointing=cfg.gradient_checkpointing,
-        fsdp=cfg.fsdp or "", fsdp_config=cfg.fsdp_config or None, deepspeed=cfg.deepspeed,
-        report_to=list(cfg.report_to) or "none", disable_tqdm=True, ddp_backend=None if cfg.use_gpu else "gloo",
+        use_cpu=not cfg.use_gpu, **parallel_arguments(cfg), report_to=list(cfg.report_to) or "none",
+        disable_tqdm=True, ddp_backend=None if cfg.use_gpu else "gloo",
         average_tokens_across_devices=True)
+
+
+def load_model(cfg: TrainConfig, path: str):
+    """The model a worker trains: float32 whatever `bf16` says (these are the weights the optimizer updates; bf16
+    is the compute, `distributed.py`), no KV cache, the fused loss (`loss.py`)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **(
+        {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}))
+    model.config.use_cache = False  # with a KV cache transformers does not build the mask of packed batches
+    use_fused_loss(model, cfg.loss_kernel)
+    return model
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -208,9 +216,10 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import torch
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     cfg = TrainConfig(**config["train"])
+    os.environ.update(worker_environment(cfg))  # before the model is loaded (FSDP: rank 0 alone reads the weights)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     context = ray.train.get_context()
@@ -220,16 +229,16 @@ def train_loop_per_worker(config: dict) -> None:
             if (Path(d) / FINAL_MARKER).exists():  # a finished run restarted: hand its model back again
                 ray.train.report({"final": 1}, checkpoint=checkpoint if context.get_world_rank() == 0 else None)
                 return
-    fs, path = storage.resolve(config["order_uri"])
-    dataset = OrderDataset(pq.read_table(path, filesystem=fs))
+    rank, world = context.get_world_rank(), context.get_world_size()
+    dataset = ShardDataset(storage.join(config["order_shards"], shard_name(rank)), config["token_files"], rank, world,
+                           cfg.per_device_batch_size)  # this rank's share of the order (`shards.py`)
     tokenizer = AutoTokenizer.from_pretrained(config["model"])
-    model = AutoModelForCausalLM.from_pretrained(config["model"], dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
-                                                 **({"attn_implementation": cfg.attn_implementation}
-                                                    if cfg.attn_implementation else {}))
-    # No KV cache in training: with one, transformers does not build the block-diagonal mask of packed batches.
-    use_cache, model.config.use_cache = model.config.use_cache, False
     work = Path(tempfile.gettempdir()) / f"adaptcot-train-{config['run_name']}-rank{context.get_world_rank()}"
-    args = training_arguments(cfg, len(dataset), str(work))
+    args = training_arguments(cfg, len(dataset), str(work))  # before the model: it sets up FSDP's loading
+    use_cache = AutoConfig.from_pretrained(config["model"]).use_cache
+    model = load_model(cfg, config["model"])
+    if cfg.lora is not None:  # after the fused loss: peft's LoraModel calls the replaced forward (`lora.py`)
+        model = lora.wrap(model, cfg.lora, cfg.seed)
     alpha = cfg.cascod.alpha if cfg.objective == "cascod" and cfg.cascod.mode == "joint" else None
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, alpha=alpha,
@@ -247,9 +256,13 @@ def train_loop_per_worker(config: dict) -> None:
         trainer.train()
     # Export: every rank takes part (FSDP gathers the full state), rank 0 writes the Hugging Face directory.
     model.config.use_cache = use_cache
+    if trainer.is_fsdp_enabled:  # checkpoints are sharded; the exported model is whole
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     with tempfile.TemporaryDirectory() as tmp:
-        trainer.save_model(tmp)
+        trainer.save_model(tmp)  # with LoRA: the adapter alone
         if context.get_world_rank() == 0:
+            if cfg.lora is not None:  # the adapter kept with its base named, or merged into the base (`lora.py`)
+                lora.export(tmp, config["model"], cfg.lora.export)
             tokenizer.save_pretrained(tmp)
             trainer.state.save_to_json(str(Path(tmp) / "trainer_state.json"))
             (Path(tmp) / FINAL_MARKER).write_text(json.dumps({"global_step": trainer.state.global_step,
