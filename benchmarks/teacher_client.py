@@ -14,11 +14,12 @@ this server's throughput), one per math question "What is i + i?" with the teach
 top_p 1, max_tokens --max-tokens and `ignore_eos: true` (so every response is exactly max_tokens long and both sides
 ask the server for identical work; checked on every response through usage.completion_tokens).
 - bare: one aiohttp ClientSession (connector limit N), an asyncio.Semaphore(N), gather over all requests, each
-  reply json-decoded, nothing else. The bodies are built before timing.
+  reply streamed as the project's is (server-sent events, usage in the last one) and its content deltas joined,
+  nothing else. The bodies are built before timing.
 - project: `adaptcot.teach.teacher.teach_endpoint(samples, TeacherConfig(samples=1, endpoint=EndpointConfig(
   max_in_flight=N, extra_body={"ignore_eos": True})), fresh out dir)`, timed end to end: reading what is stored,
-  building the prompts, `ChatClient` with retries, the JSONL journal (one flushed line per response) and the final
-  count of stored rows.
+  building the prompts, `ChatClient` with retries, streaming, the JSONL journal (one fsynced line per response) and
+  the final count of stored rows.
 Before measuring, both sides run once untimed (the bare one over the largest level's prompts at the largest level).
 Each level is run bare, project, project, bare (ABBA, against drift and warm-up bias), --rounds times, and each side's
 median run is kept: on 2 cores shared with the server, single runs of the SAME client vary by +-15%, so best-of-two
@@ -119,12 +120,23 @@ def bare_bodies(samples, max_tokens: int) -> list[dict]:
 
 
 async def bare_client(url: str, bodies: list[dict], in_flight: int) -> list:
+    """Streamed like the project's client (SSE, usage in the last event): the content deltas joined and the usage
+    kept, nothing else."""
+    import json
+
     import aiohttp
     sem = asyncio.Semaphore(in_flight)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=in_flight)) as session:
         async def one(body):
+            body = {**body, "stream": True, "stream_options": {"include_usage": True}}
             async with sem, session.post(url + "/chat/completions", json=body) as response:
-                return response.status, await response.json(content_type=None)
+                text, usage = [], None
+                async for raw in response.content:
+                    if raw.startswith(b"data: ") and raw[6:].strip() != b"[DONE]":
+                        event = json.loads(raw[6:])
+                        usage = event.get("usage") or usage
+                        text += [c["delta"].get("content") or "" for c in event.get("choices") or []]
+                return response.status, {"usage": usage, "content": "".join(text)}
         return await asyncio.gather(*(one(b) for b in bodies), return_exceptions=True)
 
 

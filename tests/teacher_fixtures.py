@@ -1,7 +1,8 @@
 """A real vLLM OpenAI-compatible server on 127.0.0.1 with a tiny model, and a fault-injecting proxy in front of it.
 
 The proxy is the one stand-in: it causes faults a healthy server cannot (429 with Retry-After, 500, a stalled
-response, a connection cut mid-request), forwards everything else to the real server, and counts requests by
+response, a connection cut mid-request, a 200 whose body is an error object or not an object, a stream cut after
+its first chunk), forwards everything else to the real server (streams chunk by chunk), and counts requests by
 the client's `X-Adaptcot-Request-Key` header, which is how tests prove that nothing stored is requested again.
 """
 
@@ -20,6 +21,10 @@ import urllib.request
 from pathlib import Path
 
 FAULTS = ("429", "500", "stall", "cut")
+# Replies a provider sends with status 200 that are not answers; `midcut` forwards the real stream's first chunk
+# (the server has started generating: the provider would bill it) and then drops the connection.
+BAD_200 = ("error200", "notobject", "midcut")
+SLOW_STREAM_GAP_S = 0.4  # `slowstream`: the real stream forwarded with this pause before each chunk
 
 
 def free_port() -> int:
@@ -54,8 +59,10 @@ class FaultProxy:
     """Forwards /v1/* to `upstream`; the first attempt of a request key gets the fault its key hashes to
     (if `fault_rate` picks it); later attempts pass. Runs its own event loop in a thread."""
 
-    def __init__(self, upstream: str, fault_rate: float = 0.0, stall_s: float = 30.0):
+    def __init__(self, upstream: str, fault_rate: float = 0.0, stall_s: float = 30.0,
+                 faults: tuple[str, ...] = FAULTS, always: set[str] = frozenset()):
         self.upstream, self.fault_rate, self.stall_s = upstream.rstrip("/"), fault_rate, stall_s
+        self.fault_kinds, self.always = faults, always  # `always`: keys faulted on every attempt
         self.requests: collections.Counter = collections.Counter()  # key -> requests received
         self.answered: list[str] = []  # keys answered with 200, in order
         self.faults: collections.Counter = collections.Counter()
@@ -70,7 +77,7 @@ class FaultProxy:
         digest = int(hashlib.sha256(key.encode()).hexdigest(), 16)
         if (digest % 1000) / 1000 >= self.fault_rate:
             return None
-        return FAULTS[(digest // 1000) % len(FAULTS)]
+        return self.fault_kinds[(digest // 1000) % len(self.fault_kinds)]
 
     def _serve(self) -> None:
         from aiohttp import ClientSession, web
@@ -78,7 +85,7 @@ class FaultProxy:
         async def handle(request: web.Request) -> web.StreamResponse:
             key = request.headers.get("X-Adaptcot-Request-Key", "")
             self.requests[key] += 1
-            fault = self.fault_for(key) if self.requests[key] == 1 else None
+            fault = self.fault_for(key) if self.requests[key] == 1 or key in self.always else None
             if fault:
                 self.faults[fault] += 1
             if fault == "429":
@@ -91,14 +98,31 @@ class FaultProxy:
             if fault == "cut":
                 request.transport.close()  # the connection drops with no response
                 return web.Response(status=500)
+            if fault == "error200":
+                return web.json_response({"error": {"message": "overloaded", "type": "server_error"}})
+            if fault == "notobject":
+                return web.json_response(["not", "an", "object"])
             body = await request.read()
             async with self.session.post(self.upstream + request.path[len("/v1"):], data=body,
                                          headers={"Content-Type": "application/json"}) as upstream:
-                payload = await upstream.read()
-                status = upstream.status
-            if status == 200:
-                self.answered.append(key)
-            return web.Response(status=status, body=payload, content_type="application/json")
+                out = web.StreamResponse(status=upstream.status, headers={
+                    "Content-Type": upstream.headers.get("Content-Type", "application/json")})
+                await out.prepare(request)
+                held = b""  # one chunk behind: the answer is counted before the client can see its end
+                async for chunk in upstream.content.iter_any():
+                    if fault == "slowstream":
+                        await asyncio.sleep(SLOW_STREAM_GAP_S)
+                    if held:
+                        await out.write(held)
+                        if fault == "midcut":
+                            request.transport.close()
+                            return out
+                    held = chunk
+                if upstream.status == 200:
+                    self.answered.append(key)
+                await out.write(held)
+                await out.write_eof()
+                return out
 
         async def main():
             from aiohttp import TCPConnector

@@ -25,7 +25,7 @@ def samples_table(n: int, start: int = 0) -> pa.Table:
 
 
 def teacher(url: str, model: str, **endpoint) -> TeacherConfig:
-    retry = endpoint.pop("retry", RetryConfig(base_delay_s=0.05, max_delay_s=0.5, timeout_s=20))
+    retry = endpoint.pop("retry", RetryConfig(base_delay_s=0.05, max_delay_s=0.5, idle_timeout_s=20))
     return TeacherConfig(name="tiny-teacher", samples=2, sampling=SamplingConfig(max_tokens=24, temperature=1.0),
                          prices={"input_usd_per_mtok": 0.55, "output_usd_per_mtok": 2.19},
                          endpoint=EndpointConfig(base_url=url, model=model, retry=retry, **endpoint))
@@ -72,7 +72,7 @@ def test_every_cot_is_stored_once_and_a_rerun_requests_nothing(teacher_server, t
 def test_429_500_stalls_and_cut_connections_are_retried(teacher_server, tmp_path):
     proxy = FaultProxy(teacher_server[0], fault_rate=0.6, stall_s=6.0)
     cfg = teacher(proxy.url, teacher_server[1], max_in_flight=16,
-                  retry=RetryConfig(base_delay_s=0.05, max_delay_s=0.5, timeout_s=4.0))
+                  retry=RetryConfig(base_delay_s=0.05, max_delay_s=0.5, idle_timeout_s=4.0))
     out = tmp_path / "teach"
     report = teach_endpoint(samples_table(16), cfg, out)
     assert set(proxy.faults) == {"429", "500", "stall", "cut"}
@@ -163,7 +163,7 @@ def test_the_llm_judge_asks_the_endpoint_once_per_prompt(teacher_server):
 
     proxy = FaultProxy(teacher_server[0], fault_rate=0.5)
     judge = endpoint_judge(JudgeConfig(max_tokens=8, endpoint=EndpointConfig(
-        base_url=proxy.url, model=teacher_server[1], retry=RetryConfig(base_delay_s=0.01, timeout_s=20))))
+        base_url=proxy.url, model=teacher_server[1], retry=RetryConfig(base_delay_s=0.01, idle_timeout_s=20))))
     replies = judge(["Is 1/2 equal to 0.5? Answer YES or NO.", "Is 2 equal to 3? Answer YES or NO."])
     assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
     assert len(proxy.answered) == 2

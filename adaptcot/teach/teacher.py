@@ -24,6 +24,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import signal
+import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -38,7 +42,7 @@ from adaptcot.common.lease import Lease
 from adaptcot.common.settings import Strict
 from adaptcot.common.terminal import bar
 from adaptcot.grade.answering import CODE_PROMPT, MATH_PROMPT, SamplingConfig, StudentConfig, build_messages
-from adaptcot.teach.client import ChatClient, ChatResult, EndpointConfig, split_reasoning
+from adaptcot.teach.client import ChatClient, ChatResult, EndpointConfig, StoreError, split_reasoning
 
 
 class PricesConfig(Strict):
@@ -93,11 +97,15 @@ class TeachReport:
     retries: int = 0
     cost_usd: float = 0.0
     stored: int = 0
+    possibly_billed: int = 0  # attempts that timed out or were cut once sent: the provider may have billed them
+    unsaved_file: str | None = None  # answers the journal could not take (see `teach_endpoint`)
 
     def lines(self) -> list[str]:
+        billed = (f"; {self.possibly_billed} attempts timed out or were cut once sent (possibly billed, not in the "
+                  f"estimate)" if self.possibly_billed else "")
         return [f"teacher: {self.questions} questions, {self.requests_todo} requests to make, {self.received} "
                 f"answered ({self.failed} failed after retries, {self.retries} retries), "
-                f"${self.cost_usd:.4f} estimated this run; {self.stored} CoTs stored in all"]
+                f"${self.cost_usd:.4f} estimated this run; {self.stored} CoTs stored in all{billed}"]
 
 
 def request_key(question_id: str, teacher: str, sampling_key: str, sample_index: int) -> str:
@@ -111,7 +119,7 @@ def _cot_row(sample: dict, cfg: TeacherConfig, skey: str, index: int, result: Ch
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
             "finish_reason": result.finish_reason, "cost_usd": cfg.prices.cost(result.prompt_tokens,
                                                                                result.completion_tokens),
-            "error": result.error}
+            "error": result.error, "possibly_billed": result.possibly_billed}
 
 
 # --- What is stored -----------------------------------------------------------------------------------------------
@@ -119,8 +127,9 @@ JOURNAL_CHUNK_ROWS, JOURNAL_CHUNK_SECONDS = 64, 10.0
 
 
 class Journal:
-    """Where endpoint responses go as they arrive: one JSON line each. On a local disk, one file flushed per line
-    (in the OS at once: a killed process loses nothing it was told); on an object store, chunk objects."""
+    """Where endpoint responses go as they arrive: one JSON line each. On a local disk, one file, each line written
+    and fsynced before `write` returns (a killed process or a lost machine loses nothing it was told); on an object
+    store, chunk objects (each one fsynced by `storage` before it is published)."""
 
     def __init__(self, out: str):
         self.base, self.remote = storage.join(out, "journal", uuid.uuid4().hex), storage.is_remote(out)
@@ -134,6 +143,7 @@ class Journal:
         if not self.remote:
             self.file.write(line)
             self.file.flush()
+            os.fsync(self.file.fileno())
             return
         self.lines.append(line)
         if len(self.lines) >= JOURNAL_CHUNK_ROWS or time.monotonic() - self.last_flush > JOURNAL_CHUNK_SECONDS:
@@ -213,21 +223,60 @@ def teach_endpoint(samples: pa.Table, cfg: TeacherConfig, out: str | Path) -> Te
 
     def on_result(key: str, result: ChatResult) -> None:
         sample, index = by_key[key]
-        journal.write(_cot_row(sample, cfg, skey, index, result))
+        report.possibly_billed += result.possibly_billed
+        report.cost_usd += cfg.prices.cost(result.prompt_tokens, result.completion_tokens)
+        journal.write(_cot_row(sample, cfg, skey, index, result))  # raises: the client drains, then StoreError
         report.received += result.error is None
         report.failed += result.error is not None
-        report.cost_usd += cfg.prices.cost(result.prompt_tokens, result.completion_tokens)
         progress.update()
         progress.set_postfix(failed=report.failed, usd=f"{report.cost_usd:.2f}", refresh=False)
 
     try:
-        asyncio.run(client.run(requests, on_result))
+        with _sigterm_as_exit():
+            asyncio.run(client.run(requests, on_result))
+    except StoreError as error:  # paid answers the journal refused: kept in a file of their own, never dropped
+        rows = [_cot_row(by_key[key][0], cfg, skey, by_key[key][1], result) for key, result, _ in error.failures]
+        report.unsaved_file = _save_unsaved(rows)
+        raise StoreError(error.failures, f"{error}. They are in {report.unsaved_file} (journal lines): copy it into "
+                                         f"{storage.join(out, 'journal')}/ once the storage works, and rerun") \
+            from None
     finally:
         journal.close()
         progress.close()
     report.retries = client.retries
     report.stored = sum(1 for r in stored_rows(out).values() if not r.get("error"))
     return report
+
+
+def _save_unsaved(rows: list[dict]) -> str:
+    """Rows the journal could not take, in journal format, in the machine's temp directory (another disk than the
+    output, often; the message names it)."""
+    path = os.path.join(tempfile.gettempdir(), f"adaptcot-teacher-unsaved-{uuid.uuid4().hex}.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+    return path
+
+
+class _sigterm_as_exit:
+    """SIGTERM (a cancelled Ray job, a pod evicted) raises SystemExit in the main thread, so the journal's last
+    chunk is written by the `finally` instead of lost (a remote journal buffers up to JOURNAL_CHUNK_ROWS rows)."""
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._exit)
+        return self
+
+    @staticmethod
+    def _exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
 
 
 # --- In-cluster teachers ----------------------------------------------------------------------------------------------
