@@ -104,7 +104,7 @@ def samples_table(n: int):
 def teacher_cfg(url: str, in_flight: int, max_tokens: int):
     from adaptcot.grade.answering import SamplingConfig
     from adaptcot.teach.client import EndpointConfig
-    from adaptcot.teach.teacher import TeacherConfig
+    from adaptcot.teach.config import TeacherConfig
     return TeacherConfig(name=MODEL_NAME, samples=1,
                          sampling=SamplingConfig(temperature=0.0, top_p=1.0, max_tokens=max_tokens),
                          endpoint=EndpointConfig(base_url=url, model=MODEL_NAME, max_in_flight=in_flight,
@@ -160,7 +160,8 @@ def run_bare(url: str, bodies: list[dict], in_flight: int, max_tokens: int
 def run_project(url: str, samples, in_flight: int, max_tokens: int, out: Path
                 ) -> tuple[float, float, list[str], list[int | None]]:
     """(seconds, client CPU seconds, problems, the server's prompt token count of each sample's request)."""
-    from adaptcot.teach.teacher import collect, teach_endpoint
+    from adaptcot.teach.journal import collect
+    from adaptcot.teach.teacher import teach_endpoint
     cfg = teacher_cfg(url, in_flight, max_tokens)
     t0, c0 = time.perf_counter(), time.process_time()
     report = teach_endpoint(samples, cfg, out)

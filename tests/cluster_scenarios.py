@@ -170,7 +170,8 @@ def teach_kill(work: Path) -> dict:
 
     from adaptcot.grade.answering import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig
     from adaptcot.pool.importer import read_pool
-    from adaptcot.teach import teacher
+    from adaptcot.teach import journal, teacher
+    from adaptcot.teach.config import TeacherConfig
 
     models = world(work, math=30, code=0)
     pool = read_pool(work / "pool")
@@ -179,11 +180,11 @@ def teach_kill(work: Path) -> dict:
     pq.write_table(samples, work / "samples.parquet")
     cluster, workers = start_cluster([2, 2])
     engine = EngineConfig(max_model_len=512, dtype="float32", enforce_eager=True)
-    cfg = teacher.TeacherConfig(name="tiny-teacher", samples=2, sampling=SamplingConfig(max_tokens=48),
-                                vllm=StudentConfig(model=models["teacher"], engine=engine, resources=ResourcesConfig(
-                                    cpus_per_engine=1.0, cpus_per_light_stage=0.1, batch_size=4)))
+    cfg = TeacherConfig(name="tiny-teacher", samples=2, sampling=SamplingConfig(max_tokens=48),
+                        vllm=StudentConfig(model=models["teacher"], engine=engine, resources=ResourcesConfig(
+                            cpus_per_engine=1.0, cpus_per_light_stage=0.1, batch_size=4)))
     run = kill_engine_node(cluster, workers, lambda: teacher.teach(work / "samples.parquet", cfg, work / "teach"))
-    stored = teacher.collect(work / "teach")
+    stored = journal.collect(work / "teach")
     rows = [f"{q}#{s}" for q, s in zip(stored["question_id"].to_pylist(), stored["sample_index"].to_pylist())]
     again = teacher.teach(work / "samples.parquet", cfg, work / "teach")  # a rerun asks for nothing
     return {"questions": sorted(pool["question_id"].to_pylist()), "stored": sorted(rows),

@@ -14,8 +14,9 @@ from adaptcot.evaluate.evaluation import answer_key
 from adaptcot.grade.answering import StudentConfig, sampling_params, writes_harmony
 from adaptcot.grade.prm import split_steps
 from adaptcot.teach.client import split_reasoning
+from adaptcot.teach.config import TeacherConfig
 from adaptcot.teach.cot_filter import parse_judgement
-from adaptcot.teach.teacher import TeacherConfig, _write_part
+from adaptcot.teach.teacher import _write_part
 from adaptcot.verify.code_answers import extract_code
 from adaptcot.verify.math_answers import MathVerifier, verify_math
 

@@ -54,7 +54,8 @@ def make_run(run):
     pq.write_table(pa.table({"level": levels * 3}), run / "samples" / "samples.parquet")
     (run / "teach").mkdir()
     pq.write_table(pa.table({"level": levels * 2, "drop_reason": [None] * 6 + ["wrong_answer"] * 6,
-                             "completion_tokens": list(range(100, 1300, 100))}), run / "teach" / "cots.parquet")
+                             "completion_tokens": list(range(100, 1300, 100)),
+                             "cost_usd": [t / 1e4 for t in range(100, 1300, 100)]}), run / "teach" / "cots.parquet")
     (run / "train").mkdir()
     (run / "train" / "metrics.jsonl").write_text("".join(
         json.dumps({"step": s, "loss": 2 / s, "loss_rationale": 2.5 / s, "loss_answer": 1.5 / s}) + "\n"
@@ -94,8 +95,10 @@ def test_report_renders_every_figure_offline(tmp_path):
             "<td>[+0.050, +0.050]</td><td>better (interval above 0)</td>") in text
     # The cut points of the students with scored wrong answers, and no warning: their wrong levels spread.
     assert "<tr><td>student-a</td><td>g1</td><td>25</td><td>0.700, 0.500, 0.300, 0.100</td><td>none</td></tr>" in text
-    # Teacher per level: 2 CoTs per level, one kept (the one with fewer tokens).
-    assert "<tr><td>easy</td><td>2</td><td>1</td><td>50%</td><td>400</td><td>100</td></tr>" in text
+    # Teacher per level: 2 CoTs per level, one kept (the one with fewer tokens); both were paid for ($0.01 + $0.07),
+    # so the kept one cost $0.08.
+    assert ("<tr><td>easy</td><td>2</td><td>1</td><td>50%</td><td>400</td><td>100</td><td>$0.0800</td>"
+            "<td>$0.0800</td></tr>") in text
 
 
 def test_p_eval_is_read_off_the_graded_students_evaluated_questions(tmp_path):

@@ -48,6 +48,8 @@ def test_local_job_builds_models_imports_and_grades_and_reruns_add_nothing(tmp_p
     assert "fewer than" in first.stdout or "short" in first.stdout
     teach = summary["stages"]["teach"]
     assert teach["requests"] == teach["stored"] == 52 and teach["kept"] + sum(teach["dropped"].values()) == 52
+    # An in-cluster teacher priced at 0: spend is $0, not unknown, and is broken down by the sample's levels.
+    assert teach["spend"]["usd"] == 0.0 and sum(e["cots"] for e in teach["spend"]["by_level"].values()) == 52
     samples = pq.read_table(run_dir / "samples" / "samples.parquet")
     assert samples.num_rows == 26 and set(samples["level"].to_pylist()) <= set(grade["levels"])
     imported = read_pool(run_dir / "eval" / "benchmarks" / "synthetic-math")["question_id"].to_pylist()

@@ -9,7 +9,7 @@ import pytest
 from adaptcot.common import schemas, storage
 from adaptcot.grade import bank
 from adaptcot.pool.importer import PoolImportConfig, import_pool, read_pool, read_rejects
-from adaptcot.teach import teacher
+from adaptcot.teach import journal as teacher_journal
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -80,18 +80,18 @@ def test_a_pool_and_a_bank_live_in_a_bucket(bucket, tmp_path):
 
 def test_the_teacher_journal_on_an_object_store_is_written_in_chunks(bucket):
     out = f"{bucket}/teach"
-    journal = teacher.Journal(out)
-    for i in range(teacher.JOURNAL_CHUNK_ROWS + 6):
+    journal = teacher_journal.Journal(out)
+    for i in range(teacher_journal.JOURNAL_CHUNK_ROWS + 6):
         journal.write({"key": f"k{i}", "question_id": f"q{i}", "error": None})
     # Killed here: the first full chunk is stored, the last 6 responses are not (and will be asked again).
-    assert len(teacher.stored_rows(out)) == teacher.JOURNAL_CHUNK_ROWS
+    assert len(teacher_journal.stored_rows(out)) == teacher_journal.JOURNAL_CHUNK_ROWS
     journal.close()
-    assert len(teacher.stored_rows(out)) == teacher.JOURNAL_CHUNK_ROWS + 6
+    assert len(teacher_journal.stored_rows(out)) == teacher_journal.JOURNAL_CHUNK_ROWS + 6
 
 
 def test_a_local_journal_keeps_every_line_it_was_told(tmp_path):
-    journal = teacher.Journal(str(tmp_path))
+    journal = teacher_journal.Journal(str(tmp_path))
     journal.write({"key": "k", "question_id": "q", "error": None})
-    assert list(teacher.stored_rows(str(tmp_path))) == ["k"]  # before close: flushed line by line
+    assert list(teacher_journal.stored_rows(str(tmp_path))) == ["k"]  # before close: flushed line by line
     journal.close()
     assert [p.name.endswith(".jsonl") for p in Path(tmp_path, "journal").iterdir()] == [True]

@@ -13,7 +13,9 @@ from teacher_fixtures import FaultProxy
 
 from adaptcot.grade.answering import SamplingConfig
 from adaptcot.teach.client import EndpointConfig, RetryConfig, split_reasoning
-from adaptcot.teach.teacher import TeacherConfig, collect, request_key, stored_rows, teach_endpoint
+from adaptcot.teach.config import TeacherConfig
+from adaptcot.teach.journal import collect, request_key, stored_rows
+from adaptcot.teach.teacher import teach_endpoint
 
 
 def samples_table(n: int, start: int = 0) -> pa.Table:
@@ -103,7 +105,8 @@ def test_qps_limit_spaces_request_starts(teacher_server, tmp_path):
 KILLABLE_RUN = """
 import json, sys
 import pyarrow.parquet as pq
-from adaptcot.teach.teacher import TeacherConfig, teach_endpoint
+from adaptcot.teach.config import TeacherConfig
+from adaptcot.teach.teacher import teach_endpoint
 cfg = TeacherConfig.model_validate_json(sys.argv[1])
 teach_endpoint(pq.read_table(sys.argv[2]), cfg, sys.argv[3])
 """

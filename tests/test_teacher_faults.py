@@ -15,9 +15,10 @@ import pytest
 from teacher_fixtures import BAD_200, SLOW_STREAM_GAP_S, FaultProxy
 from test_teacher import samples_table, teacher
 
-from adaptcot.teach import teacher as teacher_module
+from adaptcot.teach import journal as teacher_journal
 from adaptcot.teach.client import RetryConfig, StoreError
-from adaptcot.teach.teacher import collect, stored_rows, teach_endpoint
+from adaptcot.teach.journal import collect, stored_rows
+from adaptcot.teach.teacher import teach_endpoint
 
 pytestmark = pytest.mark.slow
 FAST = {"base_delay_s": 0.05, "max_delay_s": 0.3}
@@ -39,7 +40,7 @@ def test_a_200_that_is_not_an_answer_is_retried_and_never_stored_as_one(teacher_
 def test_a_key_that_never_gets_an_answer_is_recorded_as_failed_and_asked_again(teacher_server, tmp_path):
     samples = samples_table(2)
     cfg = teacher(teacher_server[0], teacher_server[1], retry=RetryConfig(max_retries=2, **FAST))
-    broken = teacher_module.request_key("q000", cfg.name, cfg.sampling_key(), 0)
+    broken = teacher_journal.request_key("q000", cfg.name, cfg.sampling_key(), 0)
     proxy = FaultProxy(teacher_server[0], always={broken})
     proxy.fault_for = lambda key: "error200" if key == broken else None  # that key, on every attempt
     cfg = teacher(proxy.url, teacher_server[1], retry=RetryConfig(max_retries=2, **FAST))
@@ -54,7 +55,7 @@ def test_a_key_that_never_gets_an_answer_is_recorded_as_failed_and_asked_again(t
 def test_a_storage_failure_stops_new_requests_and_keeps_every_paid_answer(teacher_server, tmp_path, monkeypatch):
     proxy = FaultProxy(teacher_server[0])
     cfg = teacher(proxy.url, teacher_server[1], max_in_flight=4, retry=RetryConfig(**FAST))
-    real_write, written = teacher_module.Journal.write, []
+    real_write, written = teacher_journal.Journal.write, []
 
     def disk_full_after_six(self, row):
         if len(written) >= 6:
@@ -62,7 +63,7 @@ def test_a_storage_failure_stops_new_requests_and_keeps_every_paid_answer(teache
         real_write(self, row)
         written.append(row["key"])
 
-    monkeypatch.setattr(teacher_module.Journal, "write", disk_full_after_six)
+    monkeypatch.setattr(teacher_journal.Journal, "write", disk_full_after_six)
     out = tmp_path / "teach"
     with pytest.raises(StoreError, match="could not be stored .*No space left.* They are in ") as caught:
         teach_endpoint(samples_table(20), cfg, out)
@@ -72,14 +73,14 @@ def test_a_storage_failure_stops_new_requests_and_keeps_every_paid_answer(teache
     paid = set(proxy.answered)
     assert set(written) | {r["key"] for r in unsaved} == paid  # every paid answer is somewhere
     assert sum(proxy.requests.values()) < 40  # no new request after the failure
-    monkeypatch.setattr(teacher_module.Journal, "write", real_write)
+    monkeypatch.setattr(teacher_journal.Journal, "write", real_write)
     (out / "journal" / "recovered.jsonl").write_text(open(unsaved_path).read())  # the recovery the message gives
     assert teach_endpoint(samples_table(20), cfg, out).requests_todo == 40 - len(paid)
 
 
 def test_a_stalled_request_is_bought_again_at_most_once_and_a_slow_stream_is_not_abandoned(teacher_server, tmp_path):
     cfg = teacher(teacher_server[0], teacher_server[1])
-    keys = [teacher_module.request_key("q000", cfg.name, cfg.sampling_key(), i) for i in range(2)]
+    keys = [teacher_journal.request_key("q000", cfg.name, cfg.sampling_key(), i) for i in range(2)]
     proxy = FaultProxy(teacher_server[0], stall_s=30.0)
     proxy.fault_for = lambda key: {keys[0]: "stall", keys[1]: "slowstream"}.get(key)
     proxy.always = {keys[0], keys[1]}
@@ -97,7 +98,8 @@ def test_a_stalled_request_is_bought_again_at_most_once_and_a_slow_stream_is_not
 KILLABLE_RUN = """
 import sys
 import pyarrow.parquet as pq
-from adaptcot.teach.teacher import TeacherConfig, teach_endpoint
+from adaptcot.teach.config import TeacherConfig
+from adaptcot.teach.teacher import teach_endpoint
 teach_endpoint(pq.read_table(sys.argv[2]), TeacherConfig.model_validate_json(sys.argv[1]), sys.argv[3])
 """
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from adaptcot.demo import world
-from adaptcot.teach import teacher
+from adaptcot.teach import journal as teacher_journal
 
 ROOT = Path(__file__).parents[1]
 LOCAL = ROOT / "configs" / "local.yaml"
@@ -121,7 +121,8 @@ def test_the_reduced_ablation_reports_intervals_and_pays_for_each_cot_once(world
     for arm, seed in runs:
         drawn |= set(pq.read_table(run_dir / "ablation" / arm / f"seed={seed}" / "samples" / "samples.parquet")
                      ["question_id"].to_pylist())
-    keys = [(r["question_id"], r["sample_index"]) for r in teacher._journal_rows(str(run_dir / "ablation" / "teach"))]
+    keys = [(r["question_id"], r["sample_index"])
+            for r in teacher_journal.journal_rows(str(run_dir / "ablation" / "teach"))]
     assert len(keys) == len(set(keys)) == len(drawn)
     report = (run_dir / "report.html").read_text()
     assert "data-figure='ablation'" in report and "data-table='ablation'" in report

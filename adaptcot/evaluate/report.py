@@ -39,12 +39,15 @@ def teacher_levels(run: str) -> list[dict]:
     path = storage.join(run, "teach", "cots.parquet")
     if not storage.exists(path):
         return []
-    table = storage.read_table(path, columns=["level", "drop_reason", "completion_tokens"])
+    columns = ("level", "drop_reason", "completion_tokens", "cost_usd")
+    table = storage.read_table(path, columns=list(columns))
     rows: dict[str, dict] = {}
-    for level, reason, n in zip(*(table[c].to_pylist() for c in ("level", "drop_reason", "completion_tokens"))):
+    for level, reason, n, usd in zip(*(table[c].to_pylist() for c in columns)):
         row = rows.setdefault(level or "(none)", {"level": level or "(none)", "cots": 0, "kept": 0, "tokens": [],
-                                                  "kept_tokens": []})
+                                                  "kept_tokens": [], "usd": 0.0})
         row["cots"] += 1
+        # An answered CoT without a cost: the teacher had no price (a failed request has no tokens to price).
+        row["usd"] = None if row["usd"] is None or (usd is None and reason != "error") else row["usd"] + (usd or 0.0)
         row["tokens"].append(n or 0)
         if reason is None:
             row["kept"] += 1
@@ -55,7 +58,9 @@ def teacher_levels(run: str) -> list[dict]:
         r = rows[level]
         out.append({"level": level, "cots": r["cots"], "kept": r["kept"], "keep_rate": r["kept"] / r["cots"],
                     "tokens_mean": sum(r["tokens"]) / len(r["tokens"]),
-                    "kept_tokens_mean": sum(r["kept_tokens"]) / len(r["kept_tokens"]) if r["kept_tokens"] else None})
+                    "kept_tokens_mean": sum(r["kept_tokens"]) / len(r["kept_tokens"]) if r["kept_tokens"] else None,
+                    "usd": r["usd"], "usd_per_kept": r["usd"] / r["kept"] if r["usd"] is not None and r["kept"]
+                    else None})
     return out
 
 
@@ -240,10 +245,16 @@ def eval_table(rows: list[dict]) -> str:
 
 
 def teacher_table(rows: list[dict]) -> str:
-    return html_page.table("teacher", ["level", "CoTs", "kept", "keep rate", "tokens / CoT", "tokens / kept CoT"],
+    """Per level; spend is the teacher's estimated cost of all the level's CoTs (dropped ones too), so `$ / kept CoT`
+    is what one CoT in the SFT data cost."""
+    def usd(value):
+        return None if value is None else f"${value:,.4f}"
+
+    return html_page.table("teacher", ["level", "CoTs", "kept", "keep rate", "tokens / CoT", "tokens / kept CoT",
+                                       "spend", "$ / kept CoT"],
                            [[r["level"], r["cots"], r["kept"], f"{r['keep_rate']:.0%}", f"{r['tokens_mean']:.0f}",
-                             None if r["kept_tokens_mean"] is None else f"{r['kept_tokens_mean']:.0f}"]
-                            for r in rows])
+                             None if r["kept_tokens_mean"] is None else f"{r['kept_tokens_mean']:.0f}",
+                             usd(r["usd"]), usd(r["usd_per_kept"])] for r in rows])
 
 
 FIGURES = (("levels", "Difficulty levels", level_histograms),

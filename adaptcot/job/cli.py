@@ -6,7 +6,7 @@ provenance in the run directory); `ray_jobs/<stage>.py` runs the same commands (
   adaptcot import --config C         the job's question pool (configured sources, or its synthetic pool)
   adaptcot grade --config C [--pool DIR] [--student MODEL] [--prm MODEL] [--bank DIR] [--samples N]
   adaptcot sample --config C         draw questions from the student's bank by a difficulty distribution
-  adaptcot teach --config C          teacher CoTs for the sample (resumable), verified and filtered
+  adaptcot teach --config C [--dry-run]    teacher CoTs for the sample (resumable), verified and filtered
   adaptcot build-sft --config C      SFT records (standard CoT and/or CasCoD) from the kept CoTs
   adaptcot train --config C          fine-tune the student on the SFT records (Ray Train), export the model
   adaptcot eval --config C [--which before|after|both]     the job's student before and after SFT
@@ -33,20 +33,9 @@ from typing import Callable
 from adaptcot.common.provenance import version
 from adaptcot.job import launch
 from adaptcot.job.config import ConfigError, load_config
-from adaptcot.pool.presets import PRESETS, MappingError
+from adaptcot.pool.presets import PRESETS, MappingError, parse_map
 from adaptcot.pool.sources import SourceError
 from adaptcot.verify.sandbox import SandboxUnavailable
-
-
-def _parse_map(items: list[str]) -> dict[str, str]:
-    mapping = {}
-    for item in items:
-        if "=" not in item:
-            raise MappingError(f"--map {item!r}: expected FIELD=COLUMN")
-        field, column = item.split("=", 1)
-        mapping[field.strip()] = column.strip()
-    return mapping
-
 
 # --- job commands: one stage, the whole job, the ablation --------------------------------------------------------
 _GRADE_FLAGS = {"pool": "grade.pool", "student": "grade.student.model", "student_name": "grade.student.name",
@@ -75,6 +64,9 @@ def cmd_job(args: argparse.Namespace) -> int:
     from adaptcot.job import ablation, pipeline, stages
 
     cfg, uses_ray = _job(args), True
+    if getattr(args, "dry_run", False):  # reads the sample and what is stored; sends nothing, writes nothing
+        print("\n".join(stages.teach_plan(cfg).lines()))
+        return 0
     if args.command == "run":
         work, checks = pipeline.run, pipeline.checks(cfg)
     elif args.command == "ablate":
@@ -109,7 +101,7 @@ def cmd_pool_import(args: argparse.Namespace) -> int:
     from adaptcot.pool.importer import PoolImportConfig, import_pool
 
     cfg = PoolImportConfig(sources=args.sources, domain=args.domain, out=args.out, preset=args.preset,
-                           mapping=_parse_map(args.map), max_question_chars=args.max_question_chars,
+                           mapping=parse_map(args.map), max_question_chars=args.max_question_chars,
                            hf_split=args.hf_split, hf_config=args.hf_config)
     report = import_pool(cfg)
     print("\n".join(report.lines()))
@@ -187,7 +179,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             benchmarks.append(item)
         else:  # a local file or hf:NAME in the pool format (or with --preset / --map)
             benchmarks.append({"name": item.rsplit("/", 1)[-1].split(".")[0], "source": item, "domain": args.domain,
-                               "preset": args.preset, "mapping": _parse_map(args.map), "limit": args.limit})
+                               "preset": args.preset, "mapping": parse_map(args.map), "limit": args.limit})
     model = {"model": args.model, "sampling": SamplingConfig(n=args.n, temperature=args.temperature,
                                                              top_p=args.top_p, max_tokens=args.max_tokens),
              "engine": EngineConfig(max_model_len=args.max_model_len, enforce_eager=args.enforce_eager,
@@ -257,6 +249,8 @@ def job_flags(p: argparse.ArgumentParser, command: str) -> argparse.ArgumentPars
     launch.add_job_flags(p)
     if command == "grade":
         _grade_flags(p)
+    if command == "teach":
+        p.add_argument("--dry-run", action="store_true", help="print requests, tokens and dollars; send nothing")
     p.set_defaults(func=cmd_job, command=command)
     return p
 

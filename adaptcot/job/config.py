@@ -31,8 +31,8 @@ from adaptcot.sample.distributions import curriculum_distribution
 from adaptcot.sample.draw import SampleConfig
 from adaptcot.sft.records import SFTConfig
 from adaptcot.sft.train_config import TrainConfig
+from adaptcot.teach.config import TeacherConfig
 from adaptcot.teach.cot_filter import FilterConfig
-from adaptcot.teach.teacher import TeacherConfig
 
 
 class RayConfig(Strict):

@@ -39,7 +39,9 @@ from adaptcot.sft.ray_train import TrainReport
 from adaptcot.sft.ray_train import train as train_on_ray
 from adaptcot.sft.records import build_sft, write_records
 from adaptcot.teach import teacher
+from adaptcot.teach.cost import spend_lines, spend_of
 from adaptcot.teach.cot_filter import FilterReport, filter_on_ray
+from adaptcot.teach.journal import collect
 
 
 @dataclass(frozen=True)
@@ -212,13 +214,22 @@ def sample(cfg: JobConfig) -> SampleReport:
 class TeachOutcome:
     teach: teacher.TeachReport
     filter: FilterReport
+    spend: dict  # `cost.spend_of` the job's CoTs: total, per level, per kept CoT
 
     def lines(self) -> list[str]:
-        return self.teach.lines() + self.filter.lines()
+        return self.teach.lines() + self.filter.lines() + spend_lines(self.spend)
 
     def summary(self) -> dict:
         return {"requests": self.teach.requests_todo, "stored": self.teach.stored,
-                "kept": sum(self.filter.kept.values()), "dropped": dict(self.filter.dropped)}
+                "kept": sum(self.filter.kept.values()), "dropped": dict(self.filter.dropped), "spend": self.spend,
+                **({"capped": self.teach.capped} if self.teach.capped else {})}
+
+
+def teach_plan(cfg: JobConfig) -> teacher.Plan:
+    """`adaptcot teach --dry-run`: what the teacher would send for the job's sample, and its estimated cost."""
+    if not storage.exists(samples_path(cfg)):
+        raise FileNotFoundError(f"{samples_path(cfg)}: no sample yet; run `adaptcot sample` (or `adaptcot run`) first")
+    return teacher.plan(storage.read_table(samples_path(cfg)), cfg.teacher, cfg.path("teach"))
 
 
 def teach(cfg: JobConfig, journal_dir: str | None = None) -> TeachOutcome:
@@ -230,7 +241,7 @@ def teach(cfg: JobConfig, journal_dir: str | None = None) -> TeachOutcome:
     journal = journal_dir or out
     report = teacher.teach(samples_path(cfg), teacher_cfg, journal)
     samples = storage.read_table(samples_path(cfg))
-    stored = teacher.collect(journal)
+    stored = collect(journal)
     # CoTs of questions no longer in the sample (it was redrawn), or from other prompts or sampling settings, stay
     # stored for later but are not used now.
     in_sample = pc.and_(pc.is_in(stored["question_id"], value_set=samples["question_id"].combine_chunks()),
@@ -238,7 +249,7 @@ def teach(cfg: JobConfig, journal_dir: str | None = None) -> TeachOutcome:
                                 pc.equal(stored["sampling_key"], teacher_cfg.sampling_key())))
     filtered = filter_on_ray(stored.filter(in_sample), samples, cfg.filter)
     storage.write_table(filtered, storage.join(out, "cots.parquet"))
-    outcome = TeachOutcome(report, FilterReport.of(filtered, cfg.filter.math_extraction))
+    outcome = TeachOutcome(report, FilterReport.of(filtered, cfg.filter.math_extraction), spend_of(filtered))
     storage.write_text(storage.join(out, "filter_report.json"), json.dumps(
         {"teach": report.__dict__, "filter": outcome.filter.__dict__}, indent=2, default=dict))
     return outcome

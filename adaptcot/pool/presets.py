@@ -110,6 +110,17 @@ class MappingError(ValueError):
     """A preset or column mapping is unusable; raised before any row is read."""
 
 
+def parse_map(items: list[str]) -> dict[str, str]:
+    """`--map FIELD=COLUMN` flags as a mapping."""
+    mapping = {}
+    for item in items:
+        if "=" not in item:
+            raise MappingError(f"--map {item!r}: expected FIELD=COLUMN")
+        field, column = item.split("=", 1)
+        mapping[field.strip()] = column.strip()
+    return mapping
+
+
 def resolve_mapping(preset: str | None, overrides: dict[str, str]) -> ColumnMapping:
     if preset is not None and preset not in PRESETS:
         raise MappingError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")

@@ -142,14 +142,18 @@ class ChatClient:
         self.retries = 0  # retried attempts, over the client's life (for reports and tests)
 
     async def run(self, requests: Iterable[tuple[Any, dict]],
-                  on_result: Callable[[Any, ChatResult], Awaitable[None] | None]) -> None:
+                  on_result: Callable[[Any, ChatResult], Awaitable[None] | None],
+                  gate: Callable[[Any, dict], bool] | None = None) -> None:
         """Send (tag, body) requests; `on_result(tag, result)` as each finishes (in completion order). Raises
-        `StoreError` after draining when `on_result` failed for any (module docstring)."""
+        `StoreError` after draining when `on_result` failed for any (module docstring). `gate(tag, body)` is asked
+        before each request is sent: once it says no (a spending cap), nothing more is sent and the run ends when
+        the requests in flight have been handed to `on_result`."""
         import aiohttp
 
         limiter = _RateLimiter(self.endpoint.qps)
         iterator = iter(requests)
         failures: list[tuple[Any, ChatResult, BaseException]] = []
+        closed: list[Any] = []  # the request the gate refused: nothing more is sent
         retry = self.endpoint.retry
         connector = aiohttp.TCPConnector(limit=self.endpoint.max_in_flight, ttl_dns_cache=300)
         timeout = aiohttp.ClientTimeout(total=retry.timeout_s, sock_connect=min(60.0, retry.idle_timeout_s),
@@ -157,8 +161,11 @@ class ChatClient:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             async def worker():
                 for tag, body in iterator:  # workers share one iterator: each request is taken exactly once
-                    if failures:
-                        return  # storing fails: send nothing more, let the others drain
+                    if failures or closed:
+                        return  # storing fails, or the gate closed: send nothing more, let the others drain
+                    if gate is not None and not gate(tag, body):
+                        closed.append(tag)
+                        return
                     try:
                         result = await self._send(session, limiter, body, tag)
                     except Exception as exc:  # a reply the client cannot handle is that request's error
@@ -193,7 +200,7 @@ class ChatClient:
                     if response.status == 200:
                         if stream:
                             return _with(await _read_stream(response), attempt + 1, billed)
-                        return _with(_parse(await response.json(content_type=None)), attempt + 1, billed)
+                        return _with(parse_reply(await response.json(content_type=None)), attempt + 1, billed)
                     text = (await response.text())[:300]
                     problem = f"HTTP {response.status}: {text}"
                     if response.status not in RETRY_STATUS:
@@ -218,8 +225,8 @@ def _with(result: ChatResult, attempts: int, billed: int) -> ChatResult:
     return ChatResult(**{**result.__dict__, "attempts": attempts, "possibly_billed": billed})
 
 
-def _parse(data: Any) -> ChatResult:
-    """A whole (non-streamed) reply; ReplyError unless it carries a message."""
+def parse_reply(data: Any) -> ChatResult:
+    """A whole (non-streamed) reply, or a batch output line's body; ReplyError unless it carries a message."""
     if not isinstance(data, dict):
         raise ReplyError(f"the body is a JSON {type(data).__name__}, not an object")
     choices = data.get("choices")
