@@ -101,6 +101,9 @@ def test_the_dry_run_estimates_from_what_is_stored_and_sends_nothing(teacher_ser
     assert result.returncode == 0, result.stderr
     assert "requests       12" in result.stdout and "teacher.max_usd $1.00" in result.stdout
     assert sum(proxy.requests.values()) == 4 and not (run_dir / "teach").exists()  # nothing sent, nothing written
+    no_sample = subprocess.run([sys.executable, "-m", "adaptcot", *argv[:4], "--set", f"run_dir={tmp_path}/empty"],
+                               capture_output=True, text=True)
+    assert no_sample.returncode == 2 and "no sample yet; run `adaptcot sample`" in no_sample.stderr
 
 
 @pytest.mark.slow

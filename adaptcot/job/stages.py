@@ -227,6 +227,8 @@ class TeachOutcome:
 
 def teach_plan(cfg: JobConfig) -> teacher.Plan:
     """`adaptcot teach --dry-run`: what the teacher would send for the job's sample, and its estimated cost."""
+    if cfg.teacher is None:
+        raise ValueError("the config has no `teacher` section (a trace-style job's teachers are each a job's teacher)")
     if not storage.exists(samples_path(cfg)):
         raise FileNotFoundError(f"{samples_path(cfg)}: no sample yet; run `adaptcot sample` (or `adaptcot run`) first")
     return teacher.plan(storage.read_table(samples_path(cfg)), cfg.teacher, cfg.path("teach"))
