@@ -68,6 +68,8 @@ def test_spend_per_level_and_per_kept_cot_count_the_dropped_cots():
     assert "$0.4375 per kept CoT" in "\n".join(spend_lines(spend))
     unpriced = spend_of(cots.set_column(1, "cost_usd", pa.array([None] * 4, pa.float64())))
     assert unpriced["usd"] is None and "unknown" in spend_lines(unpriced)[0]
+    free = spend_of(cots.set_column(1, "cost_usd", pa.array([0.0] * 4)))
+    assert free["usd"] == 0 and spend_lines(free) == [spend_lines(free)[0]] and "$0" in spend_lines(free)[0]
 
 
 @pytest.mark.slow

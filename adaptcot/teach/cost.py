@@ -259,6 +259,8 @@ def spend_of(cots: pa.Table) -> dict:
 def spend_lines(spend: dict) -> list[str]:
     if spend["usd"] is None:
         return ["  spend: unknown (the teacher has no price: set teacher.prices)"] if spend["by_level"] else []
+    if spend["usd"] == 0:
+        return ["  spend: $0 (the teacher is priced at 0 per token: an in-cluster model or your own server)"]
     per_kept = "-" if spend["usd_per_kept_cot"] is None else f"${spend['usd_per_kept_cot']:.4f}"
     return [f"  spend: ${spend['usd']:.4f} estimated for these CoTs, {per_kept} per kept CoT",
             "    per level: " + ", ".join(f"{lv} ${e['usd']:.4f}" for lv, e in spend["by_level"].items())]
