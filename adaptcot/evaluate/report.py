@@ -32,6 +32,7 @@ from adaptcot.evaluate.report_levels import (
     sampling_distribution,
     sampling_notes,
 )
+from adaptcot.teach.cost import spend_of
 
 
 def teacher_levels(run: str) -> list[dict]:
@@ -39,15 +40,13 @@ def teacher_levels(run: str) -> list[dict]:
     path = storage.join(run, "teach", "cots.parquet")
     if not storage.exists(path):
         return []
-    columns = ("level", "drop_reason", "completion_tokens", "cost_usd")
-    table = storage.read_table(path, columns=list(columns))
+    table = storage.read_table(path, columns=["level", "drop_reason", "completion_tokens", "cost_usd"])
+    spend = spend_of(table, no_level="(none)")["by_level"]
     rows: dict[str, dict] = {}
-    for level, reason, n, usd in zip(*(table[c].to_pylist() for c in columns)):
+    for level, reason, n in zip(*(table[c].to_pylist() for c in ("level", "drop_reason", "completion_tokens"))):
         row = rows.setdefault(level or "(none)", {"level": level or "(none)", "cots": 0, "kept": 0, "tokens": [],
-                                                  "kept_tokens": [], "usd": 0.0})
+                                                  "kept_tokens": []})
         row["cots"] += 1
-        # An answered CoT without a cost: the teacher had no price (a failed request has no tokens to price).
-        row["usd"] = None if row["usd"] is None or (usd is None and reason != "error") else row["usd"] + (usd or 0.0)
         row["tokens"].append(n or 0)
         if reason is None:
             row["kept"] += 1
@@ -59,8 +58,7 @@ def teacher_levels(run: str) -> list[dict]:
         out.append({"level": level, "cots": r["cots"], "kept": r["kept"], "keep_rate": r["kept"] / r["cots"],
                     "tokens_mean": sum(r["tokens"]) / len(r["tokens"]),
                     "kept_tokens_mean": sum(r["kept_tokens"]) / len(r["kept_tokens"]) if r["kept_tokens"] else None,
-                    "usd": r["usd"], "usd_per_kept": r["usd"] / r["kept"] if r["usd"] is not None and r["kept"]
-                    else None})
+                    "usd": spend[level]["usd"], "usd_per_kept": spend[level]["usd_per_kept_cot"]})
     return out
 
 

@@ -236,23 +236,25 @@ class Cap:
 
 
 # --- what was spent --------------------------------------------------------------------------------------------------
-def spend_of(cots: pa.Table) -> dict:
+def spend_of(cots: pa.Table, no_level: str = "(no level)") -> dict:
     """The teacher's estimated spend on a job's CoTs (`teach/cots.parquet`, kept and dropped): in all, per difficulty
-    level, and per kept CoT (what a CoT in the SFT data cost, the dropped ones included). None where no price."""
+    level (rows without one under `no_level`), and per kept CoT (what a CoT in the SFT data cost, the dropped ones
+    included). None where an answered CoT has no cost: the teacher had no price."""
     order = [lv.value for lv in LEVELS_EASIEST_FIRST]
     levels: dict[str, dict] = {}
-    unpriced = False
     for level, usd, reason in zip(*(cots[c].to_pylist() for c in ("level", "cost_usd", "drop_reason"))):
-        entry = levels.setdefault(level or "(no level)", {"usd": 0.0, "cots": 0, "kept": 0})
+        entry = levels.setdefault(level or no_level, {"usd": 0.0, "cots": 0, "kept": 0})
         entry["cots"] += 1
         entry["kept"] += reason is None
-        entry["usd"] += usd or 0.0
-        unpriced |= usd is None and reason != "error"  # a failed request has no tokens, priced or not
+        unpriced = usd is None and reason != "error"  # a failed request has no tokens, priced or not
+        entry["usd"] = None if unpriced or entry["usd"] is None else entry["usd"] + (usd or 0.0)
     for entry in levels.values():
-        entry["usd_per_kept_cot"] = entry["usd"] / entry["kept"] if entry["kept"] else None
-    total, kept = sum(e["usd"] for e in levels.values()), sum(e["kept"] for e in levels.values())
+        entry["usd_per_kept_cot"] = entry["usd"] / entry["kept"] if entry["usd"] is not None and entry["kept"] else None
+    spent = [e["usd"] for e in levels.values()]
+    total = None if None in spent else sum(spent)
+    kept = sum(e["kept"] for e in levels.values())
     ordered = {lv: levels[lv] for lv in [*[o for o in order if o in levels], *sorted(set(levels) - set(order))]}
-    return {"usd": None if unpriced else total, "usd_per_kept_cot": None if unpriced or not kept else total / kept,
+    return {"usd": total, "usd_per_kept_cot": total / kept if total is not None and kept else None,
             "by_level": ordered}
 
 
