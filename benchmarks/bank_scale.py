@@ -105,7 +105,7 @@ def write_world(root: Path, n: int) -> int:
             "reference_answer": pa.array(["2"] * k), "reference_solution": pa.nulls(k, pa.string()),
             "tests": pa.array([None] * k, schemas.CODE_TESTS), "starter_code": pa.nulls(k, pa.string()),
             "category": pa.nulls(k, pa.string()), "source": pa.array(["bench"] * k),
-            "source_row": pa.array(np.arange(start, start + k))}, schema=schemas.POOL))
+            "source_row": pa.array(np.arange(start, start + k))}, schema=schemas.POOL), expected_rows=n)
     graded_mask = rng.random(n) < 0.5  # about half of every bucket is graded already
     graded_ids = all_ids.filter(pa.array(graded_mask))
     m = len(graded_ids)

@@ -283,3 +283,25 @@ def test_ray_data_actor_filters_like_the_function(ray_session, math, code):
     expected = filter_cots(cots, questions, CONFIG, math, code)
     assert out.schema.equals(schemas.TEACHER_COTS)
     assert sorted(out.to_pylist(), key=str) == sorted(expected.to_pylist(), key=str)
+
+
+@pytest.mark.slow
+def test_filter_on_ray_gives_every_actor_of_its_pool_blocks(ray_session, monkeypatch):
+    """Ray Data hands a block to one actor: the CoTs arrive in blocks for every actor the pool may grow to (from
+    one table they were one block, so a pool of 4 filtered on one)."""
+    from adaptcot.common import runtime
+    from adaptcot.teach import cot_filter
+
+    seen = []
+    real = runtime.dataset_in_blocks
+
+    def spy(table, workers, max_rows=None):
+        ds = real(table, workers, max_rows)
+        seen.append(ds.materialize().num_blocks())
+        return ds
+    monkeypatch.setattr(cot_filter, "dataset_in_blocks", spy)
+    cots, questions = tables([{**r[0], "sample_index": k} for k in range(4) for r in ROWS], QUESTIONS)
+    config = CONFIG.model_copy(update={"concurrency": (1, 4), "num_cpus": 0.25})
+    out = cot_filter.filter_on_ray(cots, questions, config)
+    assert len(seen) == 1 and seen[0] >= 4  # at least a block for each actor the pool may grow to
+    assert out.num_rows == cots.num_rows

@@ -134,12 +134,13 @@ def sweep_unlisted(out: str) -> int:
     return len(leftovers)
 
 
-def add_pool_rows(out: str | Path, table: pa.Table) -> list[str]:
+def add_pool_rows(out: str | Path, table: pa.Table, expected_rows: int = 0) -> list[str]:
     """Add rows (schema POOL, ids not yet in the pool) to a pool, bucketed and in its manifest; the files written.
+    A new pool's buckets are sized for `expected_rows` if more than this table (a pool written in chunks).
     For pools built by hand (tests, benchmarks): `importer.import_pool` is the way in for sources."""
     staging = Path(tempfile.mkdtemp(prefix="adaptcot-pool-rows-"))
     try:
-        stage = BucketedStage(staging, uuid.uuid4().hex[:12], pool_bits(out, table.num_rows))
+        stage = BucketedStage(staging, uuid.uuid4().hex[:12], pool_bits(out, max(table.num_rows, expected_rows)))
         stage.write(table)
         stage.publish(str(out))
         return [storage.join(str(out), r["file"]) for r in stage.rows]

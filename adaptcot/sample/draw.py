@@ -36,6 +36,7 @@ from pydantic import Field
 
 from adaptcot.common import schemas, storage
 from adaptcot.common.buckets import bucket_keys
+from adaptcot.common.runtime import run_groups
 from adaptcot.common.schemas import Level
 from adaptcot.common.settings import Strict
 from adaptcot.grade import bank, manifest
@@ -64,6 +65,7 @@ from adaptcot.sample.exclusions import (
 from adaptcot.sample.marked import BANK_COLUMNS, Marked
 
 QUESTION_FIELDS = ["question", "reference_answer", "tests", "starter_code"]
+QUESTION_FILES_PER_TASK = 64  # pool files one task reads for the drawn questions
 EXAMPLES_PER_REASON = 20  # excluded questions the report shows per decontamination rule (json; lines() shows 5)
 
 
@@ -199,17 +201,26 @@ class SampleReport:
         return out
 
 
-def with_questions(drawn: pa.Table, pool_dir: str | Path) -> pa.Table:
-    """The drawn bank rows with their question fields from the pool, as a SAMPLES table (row order kept)."""
+def questions_in(files: list[str], ids: pa.Array) -> pa.Table:
+    """The question fields of `ids` found in these pool files, read one file at a time (no read-ahead)."""
+    return storage.dataset(files, schemas.POOL).to_table(
+        columns=["question_id", *QUESTION_FIELDS], filter=pc.field("question_id").isin(ids), batch_readahead=1,
+        fragment_readahead=1)
+
+
+def with_questions(drawn: pa.Table, pool_dir: str | Path, on_ray: bool = False) -> pa.Table:
+    """The drawn bank rows with their question fields from the pool, as a SAMPLES table (row order kept). Only the
+    drawn questions' buckets are read; on Ray, a task per QUESTION_FILES_PER_TASK files: a few thousand questions
+    drawn from millions touch most buckets, and reading them in the driver grew with the pool."""
     ids = drawn["question_id"].combine_chunks()
     pool_buckets = pool_layout.files_by_bucket(pool_dir)
     bits = len(next(iter(pool_buckets), ""))
     wanted = set(bucket_keys(ids, bits).to_pylist()) if bits and len(ids) else set()
-    files = [f for b in sorted(wanted) for f in pool_buckets.get(b, [])]  # only the drawn questions' buckets
-    # One file at a time (no read-ahead): memory stays that of a file, whatever the pool's size.
-    pool = storage.dataset(files, schemas.POOL).to_table(
-        columns=["question_id", *QUESTION_FIELDS], filter=pc.field("question_id").isin(ids), batch_readahead=1,
-        fragment_readahead=1)
+    files = [f for b in sorted(wanted) for f in pool_buckets.get(b, [])]
+    payloads = [{"files": files[i:i + QUESTION_FILES_PER_TASK]} for i in range(0, len(files),
+                                                                               QUESTION_FILES_PER_TASK)]
+    parts = run_groups(questions_in, payloads, on_ray, ids=ids)
+    pool = pa.concat_tables(parts) if parts else questions_in([], ids)
     # A positional take, not Table.join: Arrow's hash join does not carry the nested `tests` struct.
     index = {q: i for i, q in enumerate(pool["question_id"].to_pylist())}
     if len(index) != pool.num_rows or len(index) != len(ids):
@@ -317,7 +328,7 @@ def sample(bank_root: str | Path, pool_dir: str | Path, student: str, grader_id:
                 **{reason: removed.get(reason, 0) for reason in drop_ids}}
     quotas, notes = allocate(dist.weights, available, config.n)
     drawn = draw(marked.firsts(quotas).select(BANK_COLUMNS), quotas, config.seed)
-    table = with_questions(drawn, pool_dir)
+    table = with_questions(drawn, pool_dir, on_ray)
     report = SampleReport(student, grader_id, config.seed, config.n, dist.kind, dist.weights, available, quotas,
                           excluded, _eval_note(dist) + notes, str(out_dir),
                           {"benchmark_questions": len(benchmarks.texts), "ngram": ngram},

@@ -45,9 +45,9 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
 from adaptcot.common.reasoning import split_reply
-from adaptcot.common.runtime import collect_blocks
+from adaptcot.common.runtime import collect_blocks, dataset_in_blocks
 from adaptcot.common.schemas import DROP_REASONS, LEVELS_EASIEST_FIRST, TEACHER_COTS, SchemaError, require_columns
-from adaptcot.common.settings import ActorPoolSize, Strict
+from adaptcot.common.settings import ActorPoolSize, Strict, pool_max
 from adaptcot.teach.client import EndpointConfig, complete_all
 from adaptcot.verify.attempts import code_verifier_on_this_node
 from adaptcot.verify.code_answers import extract_code
@@ -379,8 +379,6 @@ class CoTFilterActor:
 
 def filter_on_ray(cots: pa.Table, samples: pa.Table, config: FilterConfig) -> pa.Table:
     """Verify every stored CoT with filter actors (math-verify processes, warm sandboxes); one row per CoT."""
-    import ray
-
     if cots.num_rows == 0:
         return cots
     index = {q: i for i, q in enumerate(samples["question_id"].to_pylist())}
@@ -390,7 +388,8 @@ def filter_on_ray(cots: pa.Table, samples: pa.Table, config: FilterConfig) -> pa
     for name in QUESTION_COLUMNS[1:]:
         joined = joined.append_column(name, questions[name])
     judge = functools.partial(endpoint_judge, config.judge) if config.judge else None
-    out = ray.data.from_arrow(joined).map_batches(
+    # Blocks for every actor the pool may grow to (one block would keep the whole pool on one actor).
+    out = dataset_in_blocks(joined, 4 * pool_max(config.concurrency), 64).map_batches(
         CoTFilterActor, fn_constructor_kwargs={"config": config, "judge_factory": judge,
                                                "expect_code": pc.any(pc.equal(cots["domain"], "code")).as_py()},
         concurrency=config.concurrency, num_cpus=config.num_cpus, batch_size=64, batch_format="pyarrow")
