@@ -14,15 +14,17 @@ defaults to 256 there, so the long ones fit the tiny model's 4096 positions). Bo
 `ignore_eos` (a `sampling` field the pipeline passes to vLLM), so each answer is exactly its max_tokens long and
 both sides generate the same number of tokens.
 1. Answering, generated tokens/s. Baseline: `vllm.LLM.generate` over the chat-templated prompts with one
-   `SamplingParams(temperature, top_p, max_tokens of the row, ignore_eos=True)` per prompt. Pipeline:
-   `answer_processor(StudentConfig, row_sampling)` over a Ray dataset of those rows, consumed fully.
+   `SamplingParams(temperature, top_p, max_tokens of the row, ignore_eos=True)` per prompt. Pipeline, twice:
+   `answerer.answerer(StudentConfig, row_sampling)` over a Ray dataset of those rows, consumed fully, with
+   ray.data.llm's processor (the default) and with `engine.in_process` (vLLM in the actor's process).
 2. PRM scoring, scored responses/s and PRM input tokens/s on (question, baseline response) rows. Baseline:
    `LLM(runner="pooling", pooler_config=PoolerConfig(step_tag_id)).encode(prompts, pooling_task="token_classify")`
    on the prompt texts `prm.prm_input` builds (what `PRMScorer` scores: the first steps that fit the PRM's
    context); pipeline: `map_batches(PRMScorer)` with correct=False on every row (it passes the engine token ids).
    Tokens are the baseline's prompt token counts (same inputs).
-"total" includes engine start (raw: import vllm and load; pipeline: building the dataset, starting its actors and
-engines; not `ray.init`). "steady": raw times generate()/encode() alone; pipeline: the engine operator's wall time
+"total" includes engine start (raw: `from vllm import LLM` and load, in a process that has imported nothing heavy
+before its clock starts, as a user's script; pipeline: building the dataset, starting its actors and engines; not
+`ray.init`). "steady": raw times generate()/encode() alone; pipeline: the engine operator's wall time
 from Ray Data's stats (it starts when the engine actor is ready; for the PRM it includes building the prompts,
 which raw does before its clock starts). Each side runs in its own process, one after the other (none competes
 for the 2 cores), with the same vLLM environment (ENV; also the Ray runtime env).
@@ -111,13 +113,14 @@ def todo_rows(n: int) -> pa.Table:
     return todo
 
 
-def student_cfg(model: str, max_tokens: int, max_model_len: int, extra: dict | None = None):
+def student_cfg(model: str, max_tokens: int, max_model_len: int, extra: dict | None = None,
+                in_process: bool = False):
     from adaptcot.grade.answering import EngineConfig, ResourcesConfig, SamplingConfig, StudentConfig
 
     return StudentConfig(model=model, sampling=SamplingConfig(temperature=TEMPERATURE, top_p=TOP_P,
                                                               max_tokens=max_tokens, ignore_eos=True),
                          engine=EngineConfig(**{**ENGINE, "max_model_len": max_model_len}, seed=SEED,
-                                             extra=extra or {}),
+                                             extra=extra or {}, in_process=in_process),
                          resources=ResourcesConfig(cpus_per_engine=CPUS_PER_ENGINE, batch_size=BATCH_SIZE,
                                                    max_concurrent_batches=CONCURRENT_BATCHES,
                                                    cpus_per_light_stage=CPUS_PER_LIGHT_STAGE))
@@ -178,13 +181,14 @@ def pipeline(a, rows):
     import ray
 
     from adaptcot.common.runtime import configure_ray_data
-    from adaptcot.grade.answering import answer_processor
+    from adaptcot.grade.answerer import answerer
     from adaptcot.grade.prm import PRMConfig, PRMScorer
     configure_ray_data()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": ENV})
     t0 = time.perf_counter()
     per_row = functools.partial(heavy_row_sampling, max_tokens=a.max_tokens) if a.heavy_tail else None
-    out = answer_processor(student_cfg(a.student, a.max_tokens, engine_len(a), PIPELINE_ENGINE_EXTRA), per_row)(
+    cfg = student_cfg(a.student, a.max_tokens, engine_len(a), PIPELINE_ENGINE_EXTRA, a.in_process)
+    out = answerer(cfg, per_row)(
         ray.data.from_arrow([rows.slice(i, BLOCK_ROWS) for i in range(0, rows.num_rows, BLOCK_ROWS)]))
     built = time.perf_counter() - t0  # the processor built in the driver (imports vLLM), nothing run yet
     n = tokens = 0
@@ -196,8 +200,8 @@ def pipeline(a, rows):
             else [None] * b.num_rows
         answers += zip(b["question_id"].to_pylist(), counts, errors)
     result = {"gen": {"rows": n, "tokens": tokens, "total": time.perf_counter() - t0, "build": built,
-                      "steady": operator_seconds(out, "vLLMEngineStageUDF")}}
-    Path(a.work, "pipeline_answers.json").write_text(json.dumps(answers))
+                      "steady": operator_seconds(out, "InProcessEngine" if a.in_process else "vLLMEngineStageUDF")}}
+    Path(a.work, answers_file(a.in_process)).write_text(json.dumps(answers))
     if not a.skip_prm:
         items = [{**r, "correct": False} for r in json.loads(Path(a.work, "responses.json").read_text())]
         prm = PRMConfig(model=a.prm, max_model_len=PRM_LEN, dtype="float32", enforce_eager=True,
@@ -217,38 +221,46 @@ def pipeline(a, rows):
     return result
 
 
-def child(mode: str, a) -> dict:
+def answers_file(in_process: bool) -> str:
+    return "pipeline_answers_in_process.json" if in_process else "pipeline_answers.json"
+
+
+def child(mode: str, a, in_process: bool = False) -> dict:
+    """One side in a fresh process given the models' paths, so nothing (torch, transformers) is imported before
+    its clock starts: raw's start-up is a user's `from vllm import LLM` and load."""
     cmd = [sys.executable, __file__, "--child", mode, "--work", a.work, "--max-tokens", str(a.max_tokens),
-           "--models", a.models] + (["--skip-prm"] if a.skip_prm else []) + (["--heavy-tail"] if a.heavy_tail else [])
+           "--student", a.student, "--prm", a.prm] + (["--skip-prm"] if a.skip_prm or in_process else []) + \
+        (["--heavy-tail"] if a.heavy_tail else []) + (["--in-process"] if in_process else [])
     proc = subprocess.run(cmd, env={**os.environ, **ENV}, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"{mode} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def disagreements(a, raw: dict, work: str) -> list[str]:
-    """What the two sides do not agree on (see the module docstring); empty when they agree."""
+def disagreements(a, raw: dict, work: str, label: str, in_process: bool = False) -> list[str]:
+    """What the two sides do not agree on (see the module docstring); empty when they agree. The in-process
+    pipeline's answers are checked; the PRM only once (the ray.data.llm run scores)."""
     problems = []
     expected = [f"q{i}" for i in range(a.prompts)]
-    answers = json.loads(Path(work, "pipeline_answers.json").read_text())
+    answers = json.loads(Path(work, answers_file(in_process)).read_text())
     answered = sorted(q for q, _, _ in answers)
     if answered != sorted(expected):
         missing, extra = sorted(set(expected) - set(answered)), len(answered) - len(set(answered))
-        problems.append(f"answering: the pipeline answered {len(answered)} rows for {a.prompts} prompts "
+        problems.append(f"answering ({label}): the pipeline answered {len(answered)} rows for {a.prompts} prompts "
                         f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, {extra} answered twice)")
     errors = [(q, e) for q, _, e in answers if e]
     if errors:
-        problems.append(f"answering: {len(errors)} pipeline rows are engine errors, e.g. {errors[0][0]}: "
+        problems.append(f"answering ({label}): {len(errors)} pipeline rows are engine errors, e.g. {errors[0][0]}: "
                         f"{errors[0][1][:300]}")
     bad_lengths = [(q, t, row_max_tokens(q, a.max_tokens, a.heavy_tail)) for q, t, e in answers
                    if not e and t != row_max_tokens(q, a.max_tokens, a.heavy_tail)]
     if bad_lengths:
-        problems.append(f"answering: {len(bad_lengths)} pipeline responses are not their max_tokens long (ignore_eos), "
-                        f"e.g. (question, tokens, max_tokens) {bad_lengths[:3]}")
+        problems.append(f"answering ({label}): {len(bad_lengths)} pipeline responses are not their max_tokens long "
+                        f"(ignore_eos), e.g. (question, tokens, max_tokens) {bad_lengths[:3]}")
     expected_tokens = sum(row_max_tokens(q, a.max_tokens, a.heavy_tail) for q in expected)
     if raw["tokens"] != expected_tokens:
         problems.append(f"answering: raw generated {raw['tokens']} tokens, not the {expected_tokens} asked for")
-    if a.skip_prm:
+    if a.skip_prm or in_process:
         return problems
     raw_scores = json.loads(Path(work, "raw_prm_scores.json").read_text())
     pipe_scores = json.loads(Path(work, "pipeline_prm_scores.json").read_text())
@@ -286,6 +298,9 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help=f"a small run ({SMOKE}) that checks the sides agree")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
+    p.add_argument("--student", help=argparse.SUPPRESS)
+    p.add_argument("--prm", help=argparse.SUPPRESS)
+    p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.smoke:
         a.prompts, a.max_tokens, a.heavy_tail = SMOKE["prompts"], SMOKE["max_tokens"], True
@@ -293,10 +308,7 @@ def main() -> None:
     if engine_len(a) > TINY_POSITIONS:
         sys.exit(f"grade_throughput: answers of {engine_len(a) - 512} tokens do not fit the tiny models' "
                  f"{TINY_POSITIONS} positions; lower --max-tokens")
-    from adaptcot.demo.tiny_models import build_tiny_models
     if a.child:  # one measured side, in its own process
-        paths = build_tiny_models(a.models)
-        a.student, a.prm = str(paths["student"]), str(paths["prm"])
         fn = {"raw_gen": raw_gen, "raw_prm": raw_prm, "pipeline": pipeline}[a.child]
         if a.child == "raw_prm":
             rows = json.loads(Path(a.work, "responses.json").read_text())
@@ -308,12 +320,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         a.work = work
         a.models = a.models or (str(Path(work, "models")) if a.smoke else DEFAULT_MODELS)
-        build_tiny_models(a.models)
+        from adaptcot.demo.tiny_models import build_tiny_models
+        paths = build_tiny_models(a.models)
+        a.student, a.prm = str(paths["student"]), str(paths["prm"])
         pq.write_table(todo_rows(a.prompts), Path(work, "rows.parquet"))
         raw = child("raw_gen", a)
         rprm = None if a.skip_prm else child("raw_prm", a)
         pipe = child("pipeline", a)
-        problems = disagreements(a, raw, work)
+        in_process = child("pipeline", a, in_process=True)
+        problems = disagreements(a, raw, work, "ray.data.llm") + disagreements(a, raw, work, "in-process", True)
     gen = pipe["gen"]
     rate = lambda n, seconds: f"{n / seconds:7.0f} tok/s"  # noqa: E731
     workload = (f"heavy tail: every {HEAVY_EVERY}th answer {HEAVY_FACTOR * a.max_tokens} tokens, the others "
@@ -324,13 +339,15 @@ def main() -> None:
     print(f"  {'raw LLM.generate':26} {raw['tokens']:8} tokens  total {raw_total:6.1f} s "
           f"{rate(raw['tokens'], raw_total)} | generate() {raw['steady']:6.1f} s {rate(raw['tokens'], raw['steady'])}"
           f"  [start-up ~{raw['start']:.0f} s]")
-    print(f"  {'pipeline answer_processor':26} {gen['tokens']:8} tokens  total {gen['total']:6.1f} s "
-          f"{rate(gen['tokens'], gen['total'])} | engine op  {gen['steady']:6.1f} s "
-          f"{rate(gen['tokens'], gen['steady'])}  [start-up ~{gen['total'] - gen['steady']:.0f} s, of it "
-          f"{gen['build']:.0f} s building the processor]")
-    print(f"  ratio pipeline/raw: {(gen['tokens'] / gen['total']) / (raw['tokens'] / raw_total):.2f} incl. start, "
-          f"{(gen['tokens'] / gen['steady']) / (raw['tokens'] / raw['steady']):.2f} steady "
-          f"(target >= 0.9 incl. start, >= 0.95 steady)")
+    for label, side in (("pipeline, ray.data.llm", gen), ("pipeline, in_process", in_process["gen"])):
+        print(f"  {label:26} {side['tokens']:8} tokens  total {side['total']:6.1f} s "
+              f"{rate(side['tokens'], side['total'])} | engine op  {side['steady']:6.1f} s "
+              f"{rate(side['tokens'], side['steady'])}  [start-up ~{side['total'] - side['steady']:.0f} s, of it "
+              f"{side['build']:.0f} s building the stage]")
+    for label, side in (("ray.data.llm", gen), ("in_process", in_process["gen"])):
+        print(f"  ratio pipeline/raw, {label:12}: {(side['tokens'] / side['total']) / (raw['tokens'] / raw_total):.2f} "
+              f"incl. start, {(side['tokens'] / side['steady']) / (raw['tokens'] / raw['steady']):.2f} steady "
+              f"(target >= 0.9 incl. start, >= 0.95 steady)")
     if rprm:
         prm = pipe["prm"]
         print(f"PRM scoring: {rprm['rows']} responses, {rprm['tokens']} PRM input tokens (raw built its prompts in "

@@ -50,14 +50,8 @@ from adaptcot.common.runtime import collect_blocks, dataset_in_blocks
 from adaptcot.common.settings import Strict, pool_max
 from adaptcot.evaluate import metrics as eval_metrics
 from adaptcot.grade import bank
-from adaptcot.grade.answering import (
-    SamplingConfig,
-    StudentConfig,
-    answer_processor,
-    build_messages,
-    expand_samples,
-    to_attempt_row,
-)
+from adaptcot.grade.answerer import answerer
+from adaptcot.grade.answering import SamplingConfig, StudentConfig, build_messages, expand_samples, to_attempt_row
 from adaptcot.pool.presets import last_boxed
 from adaptcot.sft.records import RATIONALE_PROMPT, read_prompts
 from adaptcot.verify.attempts import VerifyConfig, verify_dataset
@@ -275,7 +269,7 @@ def _answer(rows: pa.Table, student: StudentConfig, verify: VerifyConfig | None,
     # Blocks of one engine batch, enough for every engine and verifier (one block is one actor's work).
     workers = max(pool_max(res.concurrency), pool_max(verify.concurrency) if verify else 1)
     blocks = dataset_in_blocks(rows, workers, res.batch_size)
-    ds = answer_processor(student)(blocks).map(to_attempt_row, num_cpus=res.cpus_per_light_stage)
+    ds = answerer(student)(blocks).map(to_attempt_row, num_cpus=res.cpus_per_light_stage)
     if verify is not None:
         ds = verify_dataset(ds, verify, expect_code=pc.any(pc.equal(rows["domain"], "code")).as_py())
     return _collect(ds, rows.num_rows, what)

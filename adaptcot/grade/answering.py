@@ -108,7 +108,17 @@ class EngineConfig(Strict):
     pipeline_parallel_size: int = Field(default=1, ge=1)
     enforce_eager: bool = False
     seed: int = 0  # the engine is seeded, not each request (per-request seeds crash chunked prefill on vLLM-CPU)
+    # vLLM in the Ray actor's own process instead of ray.data.llm's (which spawns a second engine process): much
+    # faster start-up, one engine per process only (grade/in_process.py).
+    in_process: bool = False
     extra: dict[str, Any] = {}  # any other vLLM engine argument
+
+    @model_validator(mode="after")
+    def _one_process(self):
+        if self.in_process and (self.tensor_parallel_size > 1 or self.pipeline_parallel_size > 1):
+            raise ValueError("engine.in_process runs one engine in one process: set tensor_parallel_size and "
+                             "pipeline_parallel_size to 1, or in_process: false")
+        return self
 
 
 class ResourcesConfig(Strict):

@@ -29,7 +29,8 @@ from adaptcot.common import schemas, storage
 from adaptcot.common.settings import Strict, pool_max
 from adaptcot.common.terminal import bar
 from adaptcot.grade import bank, calibration, manifest, todo
-from adaptcot.grade.answering import StudentConfig, answer_processor, to_attempt_row
+from adaptcot.grade.answerer import answerer
+from adaptcot.grade.answering import StudentConfig, to_attempt_row
 from adaptcot.grade.finalize import finalize_bank
 from adaptcot.grade.levels import CutPoints, GraderConfig, grader_id, level_warnings
 from adaptcot.grade.prm import PRMConfig, PRMScorer, check_prm
@@ -219,7 +220,7 @@ def todo_dataset(cfg: GradeConfig, gid: str, share: float | None = None) -> tupl
 def run_pipeline(cfg: GradeConfig, gid: str, todo, samples: int) -> tuple[int, int]:
     """Answer, verify, score and store every sample of `todo` (`samples` of them); (generated, errors)."""
     student, light = cfg.student, cfg.student.resources.cpus_per_light_stage
-    attempts = verify_dataset(answer_processor(student)(todo).map(to_attempt_row, num_cpus=light), cfg.verify,
+    attempts = verify_dataset(answerer(student)(todo).map(to_attempt_row, num_cpus=light), cfg.verify,
                               expect_code=pool_has_code(cfg.pool))
     prm_name = None
     if cfg.grader.mode == "prm":

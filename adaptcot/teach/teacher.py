@@ -158,7 +158,8 @@ def teach_in_cluster(samples: pa.Table, cfg: TeacherConfig, out: str | Path) -> 
     """Through `ray.data.llm` (Ray must be initialised); one Parquet part per finished block."""
     import ray
 
-    from adaptcot.grade.answering import CARRIED, answer_processor
+    from adaptcot.grade.answerer import answerer
+    from adaptcot.grade.answering import CARRIED
 
     out = str(out)
     todo = todo_requests(samples, cfg, out)
@@ -168,7 +169,7 @@ def teach_in_cluster(samples: pa.Table, cfg: TeacherConfig, out: str | Path) -> 
         engine = cfg.vllm.model_copy(update={"name": cfg.name, "sampling": cfg.sampling, "math_prompt":
                                              cfg.math_prompt, "code_prompt": cfg.code_prompt,
                                              "system_prompt": cfg.system_prompt})
-        answered = answer_processor(engine)(ray.data.from_items(rows))
+        answered = answerer(engine)(ray.data.from_items(rows))
         levels = {s["question_id"]: s.get("level") for _, s, _ in todo}
         written = answered.map_batches(_write_part, fn_kwargs={"cfg": cfg, "out": out, "levels": levels},
                                        batch_format="pyarrow", num_cpus=cfg.vllm.resources.cpus_per_light_stage)
