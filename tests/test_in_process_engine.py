@@ -51,3 +51,10 @@ def test_in_process_answers_every_row_once_with_ray_data_llms_greedy_text(tiny_m
     assert {q: mine[q]["num_tokens"] for q in ok} == {q: 5 if q == "q0" else 12 for q in ok}
     assert {q: mine[q]["response"] for q in ok} == {q: theirs[q]["response"] for q in ok}
     assert all(mine[q]["reference_answer"] == theirs[q]["reference_answer"] for q in ok)  # carried fields
+    # A batch the engine refuses whole still has typed answer columns (Ray Data joins it to the other blocks).
+    cfg = student(tiny_models_dir["student"], True)
+    refused = answerer(cfg)(ray.data.from_items([questions[-1], {**questions[-1], "question_id": "too_long_2"}],
+                                                override_num_blocks=1))
+    out = refused.union(answerer(cfg)(ray.data.from_items(questions[:2]))).take_all()
+    assert sorted((r["question_id"], bool(r["__inference_error__"]), r["response"] is None) for r in out) == \
+        [("q0", False, False), ("q1", False, False), ("too_long", True, True), ("too_long_2", True, True)]

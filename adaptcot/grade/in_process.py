@@ -93,10 +93,17 @@ class InProcessEngine:
                     if out.finished:
                         loop, future = self.waiting.pop(out.request_id)
                         loop.call_soon_threadsafe(_resolve, future, out)
-        except BaseException as e:  # the engine is broken: every waiting row fails, and so does the actor
+        except BaseException as e:  # the engine is broken: every row waiting or still coming fails (so the task)
             self.failed = e
-            for loop, future in list(self.waiting.values()):
-                loop.call_soon_threadsafe(_fail, future, e)
+            while True:
+                for loop, future in list(self.waiting.values()):
+                    loop.call_soon_threadsafe(_fail, future, e)
+                self.waiting.clear()
+                while not self.incoming.empty():
+                    *_, loop, future = self.incoming.get()
+                    loop.call_soon_threadsafe(_fail, future, e)
+                self.wake.wait()
+                self.wake.clear()
 
     def _submit(self, row: dict) -> tuple[dict, asyncio.Future]:
         from vllm import SamplingParams
@@ -122,8 +129,11 @@ class InProcessEngine:
         rows = batch.to_pylist()
         submitted = [self._submit(row) for row in rows]
         outs = [await future for _, future in submitted]
-        return pa.Table.from_pylist([answer_row(row, params, out) for row, (params, _), out in
-                                     zip(rows, submitted, outs)])
+        answers = [answer_row(params, out) for (params, _), out in zip(submitted, outs)]
+        table = batch.select([c for c in CARRIED if c in batch.column_names])
+        for name, kind in ANSWER_COLUMNS.items():  # typed: a batch of refused requests has no text to infer from
+            table = table.append_column(pa.field(name, kind), pa.array([a[name] for a in answers], kind))
+        return table
 
 
 def _resolve(future: asyncio.Future, value: Any) -> None:
@@ -136,18 +146,21 @@ def _fail(future: asyncio.Future, error: BaseException) -> None:
         future.set_exception(error)
 
 
-def answer_row(row: dict, params: dict, out: Any) -> dict:
-    """The columns ray.data.llm's path gives (`answering.answer_processor`): carried fields, response, tokens,
-    finish reason, and `__inference_error__` for a request the engine refused."""
-    carried = {k: row.get(k) for k in CARRIED}
+ANSWER_COLUMNS = {"response": pa.string(), "num_tokens": pa.int64(), "finish_reason": pa.string(),
+                  "__inference_error__": pa.string()}
+
+
+def answer_row(params: dict, out: Any) -> dict:
+    """The answer columns ray.data.llm's path gives (`answering.answer_processor`) beside the carried fields:
+    response, tokens, finish reason, and `__inference_error__` for a request the engine refused."""
     if isinstance(out, Exception):
-        return {**carried, "response": None, "num_tokens": 0, "finish_reason": "error",
+        return {"response": None, "num_tokens": 0, "finish_reason": "error",
                 "__inference_error__": f"{type(out).__name__}: {out}"}
     completion = out.outputs[0]
     n_tokens = len(completion.token_ids)
     # As the ray.data.llm path infers it, so the two paths store the same finish reasons.
     finish = "length" if n_tokens >= params["max_tokens"] else "stop"
-    return {**carried, "response": completion.text, "num_tokens": n_tokens, "finish_reason": finish,
+    return {"response": completion.text, "num_tokens": n_tokens, "finish_reason": finish,
             "__inference_error__": ""}
 
 
