@@ -389,3 +389,14 @@ def test_sampling_an_ungraded_student_says_to_grade_first(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `adaptcot grade` first"):
         sample(tmp_path / "bank", tmp_path / "pool", "someone-else", GID,
                SampleConfig(n=1, distribution={"kind": "curriculum", "weights": CURRICULUM}), tmp_path / "out")
+
+
+def test_a_group_task_returns_its_table_in_one_chunk(ray_session):
+    """A few rows picked from many files came back from Ray tasks in thousands of chunks, which cost the driver
+    seconds and hundreds of MB to take in (bank_scale at 10M): group tasks send one chunk per column."""
+    from adaptcot.common.runtime import run_groups
+
+    pieces = [pa.table({"question_id": [f"q{i}"]}) for i in range(5)]
+    parts = run_groups(pa.concat_tables, [{"tables": pieces[:2]}, {"tables": pieces[2:]}], True)
+    assert [(p.num_rows, p.column(0).num_chunks) for p in parts] == [(2, 1), (3, 1)]
+    assert [q for p in parts for q in p["question_id"].to_pylist()] == [f"q{i}" for i in range(5)]

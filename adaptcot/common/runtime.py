@@ -95,6 +95,13 @@ def run_groups(fn, payloads: list[dict], on_ray: bool, num_cpus: float = 0.5, **
         return [fn(**common, **p) for p in payloads]
     import ray
 
-    task = ray.remote(num_cpus=num_cpus, max_retries=3)(fn)
+    task = ray.remote(num_cpus=num_cpus, max_retries=3)(in_one_chunk)
     shared = {k: ray.put(v) for k, v in common.items()}
-    return ray.get([task.remote(**shared, **p) for p in payloads])
+    return ray.get([task.remote(fn, **shared, **p) for p in payloads])
+
+
+def in_one_chunk(fn, **kwargs):
+    """`fn(**kwargs)`, a table of it with one chunk per column: a few rows picked from many files came back as
+    thousands of tiny chunks, which cost the driver seconds and hundreds of MB to deserialize (bank_scale at 10M)."""
+    out = fn(**kwargs)
+    return out.combine_chunks() if hasattr(out, "combine_chunks") else out
