@@ -1,7 +1,7 @@
 """Grading throughput: the pipeline's answering and PRM stages against raw vLLM, on the same inputs.
 
 Run: .venv/bin/python benchmarks/grade_throughput.py [--prompts 1024] [--max-tokens 512] [--heavy-tail]
-     [--models DIR] [--skip-prm] [--smoke]
+     [--models DIR] [--skip-prm] [--repeats 3] [--smoke]
 
 Models: the tiny local student and PRM (`adaptcot.demo.tiny_models`); engine args of configs/local.yaml's `grade`
 section (float32, enforce_eager, max_model_len 1024 for the student, 2048 for the PRM), engine seed 0.
@@ -27,7 +27,9 @@ before its clock starts, as a user's script; pipeline: building the dataset, sta
 `ray.init`). "steady": raw times generate()/encode() alone; pipeline: the engine operator's wall time
 from Ray Data's stats (it starts when the engine actor is ready; for the PRM it includes building the prompts,
 which raw does before its clock starts). Each side runs in its own process, one after the other (none competes
-for the 2 cores), with the same vLLM environment (ENV; also the Ray runtime env).
+for the 2 cores), with the same vLLM environment (ENV; also the Ray runtime env). Run to run, a side's time varies by
+up to ~20% on this machine: each side runs --repeats times (default 3, in rotated order); a ratio is the median of
+the repetitions' ratios (each repetition's sides ran one after the other).
 Prints each side and the ratio pipeline/raw (target >= 0.9 including start-up, >= 0.95 steady).
 
 Agreement, checked at every size (exit 1 with the disagreements listed): the pipeline answered every row exactly once
@@ -45,6 +47,7 @@ import functools
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -225,11 +228,11 @@ def answers_file(in_process: bool) -> str:
     return "pipeline_answers_in_process.json" if in_process else "pipeline_answers.json"
 
 
-def child(mode: str, a, in_process: bool = False) -> dict:
+def child(mode: str, a, in_process: bool = False, prm: bool = False) -> dict:
     """One side in a fresh process given the models' paths, so nothing (torch, transformers) is imported before
     its clock starts: raw's start-up is a user's `from vllm import LLM` and load."""
     cmd = [sys.executable, __file__, "--child", mode, "--work", a.work, "--max-tokens", str(a.max_tokens),
-           "--student", a.student, "--prm", a.prm] + (["--skip-prm"] if a.skip_prm or in_process else []) + \
+           "--student", a.student, "--prm", a.prm] + (["--skip-prm"] if a.skip_prm or not prm else []) + \
         (["--heavy-tail"] if a.heavy_tail else []) + (["--in-process"] if in_process else [])
     proc = subprocess.run(cmd, env={**os.environ, **ENV}, capture_output=True, text=True)
     if proc.returncode:
@@ -237,7 +240,7 @@ def child(mode: str, a, in_process: bool = False) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def disagreements(a, raw: dict, work: str, label: str, in_process: bool = False) -> list[str]:
+def disagreements(a, raw: dict, work: str, label: str, in_process: bool = False, check_prm: bool = False) -> list[str]:
     """What the two sides do not agree on (see the module docstring); empty when they agree. The in-process
     pipeline's answers are checked; the PRM only once (the ray.data.llm run scores)."""
     problems = []
@@ -260,7 +263,7 @@ def disagreements(a, raw: dict, work: str, label: str, in_process: bool = False)
     expected_tokens = sum(row_max_tokens(q, a.max_tokens, a.heavy_tail) for q in expected)
     if raw["tokens"] != expected_tokens:
         problems.append(f"answering: raw generated {raw['tokens']} tokens, not the {expected_tokens} asked for")
-    if a.skip_prm or in_process:
+    if not check_prm:
         return problems
     raw_scores = json.loads(Path(work, "raw_prm_scores.json").read_text())
     pipe_scores = json.loads(Path(work, "pipeline_prm_scores.json").read_text())
@@ -295,6 +298,7 @@ def main() -> None:
     p.add_argument("--models", default=None, help=f"where the tiny models are built (default {DEFAULT_MODELS}; "
                                                   "--smoke: a temporary directory)")
     p.add_argument("--skip-prm", action="store_true")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each side (medians reported; --smoke: 1)")
     p.add_argument("--smoke", action="store_true", help=f"a small run ({SMOKE}) that checks the sides agree")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
@@ -303,7 +307,7 @@ def main() -> None:
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.smoke:
-        a.prompts, a.max_tokens, a.heavy_tail = SMOKE["prompts"], SMOKE["max_tokens"], True
+        a.prompts, a.max_tokens, a.heavy_tail, a.repeats = SMOKE["prompts"], SMOKE["max_tokens"], True, 1
     a.max_tokens = a.max_tokens or (HEAVY_MAX_TOKENS if a.heavy_tail else 512)
     if engine_len(a) > TINY_POSITIONS:
         sys.exit(f"grade_throughput: answers of {engine_len(a) - 512} tokens do not fit the tiny models' "
@@ -317,6 +321,9 @@ def main() -> None:
             rows = rows.to_pylist() if a.child == "raw_gen" else rows
         print(json.dumps(fn(a, rows)))
         return
+    sides = {"raw": ("raw_gen", False), "ray.data.llm": ("pipeline", False), "in_process": ("pipeline", True)}
+    runs = {side: [] for side in sides}  # per repetition, each side's result
+    problems, rprm, pipe_prm = [], None, None
     with tempfile.TemporaryDirectory() as work:
         a.work = work
         a.models = a.models or (str(Path(work, "models")) if a.smoke else DEFAULT_MODELS)
@@ -324,32 +331,51 @@ def main() -> None:
         paths = build_tiny_models(a.models)
         a.student, a.prm = str(paths["student"]), str(paths["prm"])
         pq.write_table(todo_rows(a.prompts), Path(work, "rows.parquet"))
-        raw = child("raw_gen", a)
-        rprm = None if a.skip_prm else child("raw_prm", a)
-        pipe = child("pipeline", a)
-        in_process = child("pipeline", a, in_process=True)
-        problems = disagreements(a, raw, work, "ray.data.llm") + disagreements(a, raw, work, "in-process", True)
-    gen = pipe["gen"]
+        for rep in range(a.repeats):
+            # Rotated each repetition: what one side leaves behind (Ray's processes exiting) does not always slow the
+            # same next side. The PRM runs once, with the first ray.data.llm side.
+            order = list(sides)[rep % 3:] + list(sides)[:rep % 3]
+            for side in order:
+                mode, in_process = sides[side]
+                result = child(mode, a, in_process, prm=rep == 0 and mode == "pipeline" and not in_process)
+                runs[side].append(result if mode == "raw_gen" else result["gen"])
+                if "prm" in result:
+                    pipe_prm = result["prm"]
+            if rep == 0 and not a.skip_prm:
+                rprm = child("raw_prm", a)
+            raw = runs["raw"][-1]
+            problems += disagreements(a, raw, work, "ray.data.llm", check_prm=rprm is not None and rep == 0) + \
+                disagreements(a, raw, work, "in-process", in_process=True)
+    for r in runs["raw"]:
+        r["total"] = r["start"] + r["steady"]
     rate = lambda n, seconds: f"{n / seconds:7.0f} tok/s"  # noqa: E731
+    med = lambda side, key: statistics.median(r[key] for r in runs[side])  # noqa: E731
     workload = (f"heavy tail: every {HEAVY_EVERY}th answer {HEAVY_FACTOR * a.max_tokens} tokens, the others "
                 f"{a.max_tokens}" if a.heavy_tail else f"{a.max_tokens} tokens each")
-    print(f"answering: {a.prompts} prompts ({raw['prompt_tokens']} prompt tokens; pipeline answered {gen['rows']}), "
-          f"{workload} (ignore_eos), temperature {TEMPERATURE}, top_p {TOP_P}")
-    raw_total = raw["start"] + raw["steady"]
-    print(f"  {'raw LLM.generate':26} {raw['tokens']:8} tokens  total {raw_total:6.1f} s "
-          f"{rate(raw['tokens'], raw_total)} | generate() {raw['steady']:6.1f} s {rate(raw['tokens'], raw['steady'])}"
-          f"  [start-up ~{raw['start']:.0f} s]")
-    for label, side in (("pipeline, ray.data.llm", gen), ("pipeline, in_process", in_process["gen"])):
-        print(f"  {label:26} {side['tokens']:8} tokens  total {side['total']:6.1f} s "
-              f"{rate(side['tokens'], side['total'])} | engine op  {side['steady']:6.1f} s "
-              f"{rate(side['tokens'], side['steady'])}  [start-up ~{side['total'] - side['steady']:.0f} s, of it "
-              f"{side['build']:.0f} s building the stage]")
-    for label, side in (("ray.data.llm", gen), ("in_process", in_process["gen"])):
-        print(f"  ratio pipeline/raw, {label:12}: {(side['tokens'] / side['total']) / (raw['tokens'] / raw_total):.2f} "
-              f"incl. start, {(side['tokens'] / side['steady']) / (raw['tokens'] / raw['steady']):.2f} steady "
-              f"(target >= 0.9 incl. start, >= 0.95 steady)")
+    raw = runs["raw"][0]
+    print(f"answering: {a.prompts} prompts ({raw['prompt_tokens']} prompt tokens), {workload} (ignore_eos), "
+          f"temperature {TEMPERATURE}, top_p {TOP_P}; each side run {a.repeats}x in rotated order: medians of times, "
+          "and ratios as the median of each repetition's")
+    tokens = raw["tokens"]
+    print(f"  {'raw LLM.generate':26} {tokens:8} tokens  total {med('raw', 'total'):6.1f} s "
+          f"{rate(tokens, med('raw', 'total'))} | generate() {med('raw', 'steady'):6.1f} s "
+          f"{rate(tokens, med('raw', 'steady'))}  [start-up ~{med('raw', 'start'):.0f} s]")
+    for side in ("ray.data.llm", "in_process"):
+        total, steady = med(side, "total"), med(side, "steady")
+        print(f"  {'pipeline, ' + side:26} {tokens:8} tokens  total {total:6.1f} s {rate(tokens, total)} | "
+              f"engine op  {steady:6.1f} s {rate(tokens, steady)}  [start-up ~{total - steady:.0f} s, of it "
+              f"{med(side, 'build'):.0f} s building the stage]")
+    for side in ("ray.data.llm", "in_process"):
+        # Tokens are equal on every side (checked): the ratio of rates is the ratio of times. Each repetition's pair
+        # ran minutes apart, so the pairs' ratios are compared, not medians taken from different repetitions.
+        incl = [r["total"] / s["total"] for r, s in zip(runs["raw"], runs[side])]
+        steady = [r["steady"] / s["steady"] for r, s in zip(runs["raw"], runs[side])]
+        print(f"  ratio pipeline/raw, {side:12}: {statistics.median(incl):.2f} incl. start, "
+              f"{statistics.median(steady):.2f} steady (target >= 0.9 incl. start, >= 0.95 steady)"
+              + (f"; median of repetitions {' '.join(f'{x:.2f}' for x in incl)} incl., "
+                 f"{' '.join(f'{x:.2f}' for x in steady)} steady" if a.repeats > 1 else ""))
     if rprm:
-        prm = pipe["prm"]
+        prm = pipe_prm
         print(f"PRM scoring: {rprm['rows']} responses, {rprm['tokens']} PRM input tokens (raw built its prompts in "
               f"{rprm['prompts']:.1f} s, before its steady clock)")
         for label, r, tot, st in (("raw LLM.encode", rprm, rprm["total"], rprm["steady"]),
