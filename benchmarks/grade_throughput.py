@@ -332,9 +332,9 @@ def main() -> None:
         a.student, a.prm = str(paths["student"]), str(paths["prm"])
         pq.write_table(todo_rows(a.prompts), Path(work, "rows.parquet"))
         for rep in range(a.repeats):
-            # Rotated each repetition: what one side leaves behind (Ray's processes exiting) does not always slow the
-            # same next side. The PRM runs once, with the first ray.data.llm side.
-            order = list(sides)[rep % 3:] + list(sides)[:rep % 3]
+            # Rotated each repetition, so no side always runs first or right after the same other side. The PRM runs
+            # once, with the first ray.data.llm side (after raw, which writes the responses it scores).
+            order = list(sides)[rep % len(sides):] + list(sides)[:rep % len(sides)]
             for side in order:
                 mode, in_process = sides[side]
                 result = child(mode, a, in_process, prm=rep == 0 and mode == "pipeline" and not in_process)
@@ -366,13 +366,13 @@ def main() -> None:
               f"engine op  {steady:6.1f} s {rate(tokens, steady)}  [start-up ~{total - steady:.0f} s, of it "
               f"{med(side, 'build'):.0f} s building the stage]")
     for side in ("ray.data.llm", "in_process"):
-        # Tokens are equal on every side (checked): the ratio of rates is the ratio of times. Each repetition's pair
-        # ran minutes apart, so the pairs' ratios are compared, not medians taken from different repetitions.
+        # Tokens are equal on every side (checked): the ratio of rates is the ratio of times. A repetition's sides ran
+        # back to back, repetitions minutes apart: each repetition's ratio counts, not medians of different ones.
         incl = [r["total"] / s["total"] for r, s in zip(runs["raw"], runs[side])]
         steady = [r["steady"] / s["steady"] for r, s in zip(runs["raw"], runs[side])]
         print(f"  ratio pipeline/raw, {side:12}: {statistics.median(incl):.2f} incl. start, "
               f"{statistics.median(steady):.2f} steady (target >= 0.9 incl. start, >= 0.95 steady)"
-              + (f"; median of repetitions {' '.join(f'{x:.2f}' for x in incl)} incl., "
+              + (f"; per repetition {' '.join(f'{x:.2f}' for x in incl)} incl., "
                  f"{' '.join(f'{x:.2f}' for x in steady)} steady" if a.repeats > 1 else ""))
     if rprm:
         prm = pipe_prm
